@@ -1,0 +1,67 @@
+//! `App`: the state every handler shares, built once from configuration.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::store::redis::RedisConn;
+use crate::store::{SqlStore, Store};
+
+/// Shared application state. One per process; cloned as `Arc<App>` into handlers.
+pub struct App {
+    /// Validated configuration.
+    pub config: Config,
+    /// Keys, teams, mappings, usage.
+    pub store: Arc<dyn Store>,
+    /// Set when `redis.url` is configured.
+    pub redis: Option<RedisConn>,
+    /// Renders `/metrics`.
+    pub metrics: PrometheusHandle,
+    /// Fired when the shutdown grace period ends: in-flight streams stop.
+    pub cancel: CancellationToken,
+}
+
+impl App {
+    /// Connects to the database (migrating unless disabled) and Redis, and assembles the
+    /// services. Fails with a message naming the dependency that is missing.
+    pub async fn build(config: Config) -> anyhow::Result<Arc<App>> {
+        let db = crate::store::connect(&config.database)
+            .await
+            .context("cannot connect to the database (database.url)")?;
+        if config.database.auto_migrate {
+            crate::store::migrate(&db)
+                .await
+                .context("database migration failed")?;
+        }
+        let redis = match &config.redis.url {
+            Some(url) => Some(
+                RedisConn::connect(url.expose(), &config.redis.key_prefix)
+                    .await
+                    .context("cannot connect to Redis (redis.url)")?,
+            ),
+            None => None,
+        };
+        if config.server.master_key.as_ref().is_none_or(|k| k.expose().is_empty()) {
+            tracing::warn!(
+                "no server.master_key: the management API answers only admin JWTs"
+            );
+        }
+        Ok(Arc::new(App {
+            store: Arc::new(SqlStore::new(db)),
+            redis,
+            metrics: crate::telemetry::metrics_handle(),
+            cancel: CancellationToken::new(),
+            config,
+        }))
+    }
+
+    /// Releases connections (Redis) after the server has stopped.
+    pub async fn close(&self) {
+        if let Some(redis) = &self.redis {
+            redis.quit().await;
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! Authentication: turning a bearer credential into an identity.
+
+pub mod secrets;

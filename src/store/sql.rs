@@ -1,0 +1,453 @@
+//! [`Store`] on sea-orm: the same queries on SQLite and PostgreSQL.
+
+use std::collections::HashMap;
+use std::time::Duration as StdDuration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectOptions, Database, DatabaseConnection,
+    EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
+};
+
+use entity::{jwt_key_mapping, team, usage_log, virtual_key};
+
+use super::{
+    KeyFields, KeyFilter, Mapping, Page, Store, StoreError, StoreResult, Team, TeamFields,
+    UsageFilter, UsageRow, VirtualKey,
+};
+use crate::config::DatabaseConfig;
+
+/// Opens a pool on the configured database.
+pub async fn connect(config: &DatabaseConfig) -> Result<DatabaseConnection, sea_orm::DbErr> {
+    let mut options = ConnectOptions::new(config.url.expose().to_string());
+    options
+        .max_connections(config.max_connections)
+        .min_connections(1)
+        .connect_timeout(StdDuration::from_secs(5))
+        .acquire_timeout(StdDuration::from_secs(5))
+        .sqlx_logging(false);
+    Database::connect(options).await
+}
+
+/// The production store.
+#[derive(Clone)]
+pub struct SqlStore {
+    db: DatabaseConnection,
+}
+
+impl SqlStore {
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { db }
+    }
+
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "null".into())
+}
+
+fn signed(v: Option<u64>) -> Option<i64> {
+    v.map(|n| i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+fn key_fields(am: &mut virtual_key::ActiveModel, f: &KeyFields) {
+    am.key_alias = Set(f.key_alias.clone());
+    am.team_id = Set(f.team_id.clone());
+    am.user_id = Set(f.user_id.clone());
+    am.org_id = Set(f.org_id.clone());
+    am.models = Set(to_json(&f.models));
+    am.allowed_routes = Set(to_json(&f.allowed_routes));
+    am.max_budget = Set(f.max_budget);
+    am.budget_duration = Set(f.budget_duration.map(|d| d.to_string()));
+    am.tpm_limit = Set(signed(f.tpm_limit));
+    am.rpm_limit = Set(signed(f.rpm_limit));
+    am.max_parallel_requests = Set(signed(f.max_parallel_requests));
+    am.expires = Set(f.expires);
+    am.blocked = Set(f.blocked);
+    am.metadata = Set(to_json(&f.metadata));
+    am.updated_at = Set(Utc::now());
+}
+
+fn team_fields(am: &mut team::ActiveModel, f: &TeamFields) {
+    am.team_alias = Set(f.team_alias.clone());
+    am.models = Set(to_json(&f.models));
+    am.max_budget = Set(f.max_budget);
+    am.budget_duration = Set(f.budget_duration.map(|d| d.to_string()));
+    am.tpm_limit = Set(signed(f.tpm_limit));
+    am.rpm_limit = Set(signed(f.rpm_limit));
+    am.max_parallel_requests = Set(signed(f.max_parallel_requests));
+    am.blocked = Set(f.blocked);
+    am.metadata = Set(to_json(&f.metadata));
+    am.updated_at = Set(Utc::now());
+}
+
+/// The next reset time for a budget period starting now.
+fn first_reset(duration: Option<crate::config::Duration>) -> Option<chrono::DateTime<Utc>> {
+    duration.map(|d| Utc::now() + d.to_chrono())
+}
+
+fn mapping_model(m: &Mapping) -> jwt_key_mapping::ActiveModel {
+    jwt_key_mapping::ActiveModel {
+        id: Set(m.id.clone()),
+        jwt_issuer: Set(m.jwt_issuer.clone()),
+        jwt_claim_name: Set(m.jwt_claim_name.clone()),
+        jwt_claim_value: Set(m.jwt_claim_value.clone()),
+        key_id: Set(m.key_id.clone()),
+        description: Set(m.description.clone()),
+        is_active: Set(m.is_active),
+        created_at: Set(m.created_at),
+        updated_at: Set(m.updated_at),
+        created_by: Set(m.created_by.clone()),
+        updated_by: Set(m.updated_by.clone()),
+    }
+}
+
+#[async_trait]
+impl Store for SqlStore {
+    async fn ping(&self) -> StoreResult<()> {
+        self.db.ping().await.map_err(StoreError::Unavailable)
+    }
+
+    async fn insert_key(
+        &self,
+        key_id: &str,
+        key_hash: &str,
+        key_name: &str,
+        fields: &KeyFields,
+        created_by: Option<String>,
+    ) -> StoreResult<VirtualKey> {
+        let now = Utc::now();
+        let mut am = virtual_key::ActiveModel {
+            id: Set(key_id.to_string()),
+            key_hash: Set(key_hash.to_string()),
+            key_name: Set(key_name.to_string()),
+            spend: Set(0.0),
+            budget_reset_at: Set(first_reset(fields.budget_duration)),
+            created_by: Set(created_by),
+            created_at: Set(now),
+            ..Default::default()
+        };
+        key_fields(&mut am, fields);
+        Ok(am.insert(&self.db).await?.into())
+    }
+
+    async fn key_by_hash(&self, key_hash: &str) -> StoreResult<Option<VirtualKey>> {
+        Ok(virtual_key::Entity::find()
+            .filter(virtual_key::Column::KeyHash.eq(key_hash))
+            .one(&self.db)
+            .await?
+            .map(Into::into))
+    }
+
+    async fn key_by_id(&self, key_id: &str) -> StoreResult<Option<VirtualKey>> {
+        Ok(virtual_key::Entity::find_by_id(key_id.to_string())
+            .one(&self.db)
+            .await?
+            .map(Into::into))
+    }
+
+    async fn update_key(&self, key_id: &str, fields: &KeyFields) -> StoreResult<Option<VirtualKey>> {
+        let Some(existing) = virtual_key::Entity::find_by_id(key_id.to_string())
+            .one(&self.db)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let old_duration = existing.budget_duration.clone();
+        let mut am: virtual_key::ActiveModel = existing.into();
+        key_fields(&mut am, fields);
+        if old_duration != fields.budget_duration.map(|d| d.to_string()) {
+            am.budget_reset_at = Set(first_reset(fields.budget_duration));
+        }
+        Ok(Some(am.update(&self.db).await?.into()))
+    }
+
+    async fn rehash_key(
+        &self,
+        key_id: &str,
+        key_hash: &str,
+        key_name: &str,
+    ) -> StoreResult<Option<VirtualKey>> {
+        let result = virtual_key::Entity::update_many()
+            .col_expr(virtual_key::Column::KeyHash, Expr::value(key_hash))
+            .col_expr(virtual_key::Column::KeyName, Expr::value(key_name))
+            .col_expr(virtual_key::Column::UpdatedAt, Expr::value(Utc::now()))
+            .filter(virtual_key::Column::Id.eq(key_id))
+            .exec(&self.db)
+            .await?;
+        if result.rows_affected == 0 {
+            return Ok(None);
+        }
+        self.key_by_id(key_id).await
+    }
+
+    async fn delete_keys(&self, key_ids: &[String]) -> StoreResult<Vec<VirtualKey>> {
+        let txn = self.db.begin().await?;
+        let keys: Vec<VirtualKey> = virtual_key::Entity::find()
+            .filter(virtual_key::Column::Id.is_in(key_ids.iter().cloned()))
+            .all(&txn)
+            .await?
+            .into_iter()
+            .map(Into::into)
+            .collect();
+        // Mappings go with their key (the foreign key cascades too; this keeps SQLite
+        // connections without the pragma correct).
+        jwt_key_mapping::Entity::delete_many()
+            .filter(jwt_key_mapping::Column::KeyId.is_in(key_ids.iter().cloned()))
+            .exec(&txn)
+            .await?;
+        virtual_key::Entity::delete_many()
+            .filter(virtual_key::Column::Id.is_in(key_ids.iter().cloned()))
+            .exec(&txn)
+            .await?;
+        txn.commit().await?;
+        Ok(keys)
+    }
+
+    async fn list_keys(&self, filter: &KeyFilter, page: Page) -> StoreResult<(Vec<VirtualKey>, u64)> {
+        let mut query = virtual_key::Entity::find();
+        if let Some(team) = &filter.team_id {
+            query = query.filter(virtual_key::Column::TeamId.eq(team.as_str()));
+        }
+        if let Some(user) = &filter.user_id {
+            query = query.filter(virtual_key::Column::UserId.eq(user.as_str()));
+        }
+        let paginator = query
+            .order_by_asc(virtual_key::Column::CreatedAt)
+            .order_by_asc(virtual_key::Column::Id)
+            .paginate(&self.db, page.size);
+        let total = paginator.num_items().await?;
+        let items = paginator.fetch_page(page.page.saturating_sub(1)).await?;
+        Ok((items.into_iter().map(Into::into).collect(), total))
+    }
+
+    async fn insert_team(&self, team_id: &str, fields: &TeamFields) -> StoreResult<Team> {
+        let now = Utc::now();
+        let mut am = team::ActiveModel {
+            id: Set(team_id.to_string()),
+            spend: Set(0.0),
+            budget_reset_at: Set(first_reset(fields.budget_duration)),
+            created_at: Set(now),
+            ..Default::default()
+        };
+        team_fields(&mut am, fields);
+        Ok(am.insert(&self.db).await?.into())
+    }
+
+    async fn team(&self, team_id: &str) -> StoreResult<Option<Team>> {
+        Ok(team::Entity::find_by_id(team_id.to_string())
+            .one(&self.db)
+            .await?
+            .map(Into::into))
+    }
+
+    async fn update_team(&self, team_id: &str, fields: &TeamFields) -> StoreResult<Option<Team>> {
+        let Some(existing) = team::Entity::find_by_id(team_id.to_string()).one(&self.db).await? else {
+            return Ok(None);
+        };
+        let old_duration = existing.budget_duration.clone();
+        let mut am: team::ActiveModel = existing.into();
+        team_fields(&mut am, fields);
+        if old_duration != fields.budget_duration.map(|d| d.to_string()) {
+            am.budget_reset_at = Set(first_reset(fields.budget_duration));
+        }
+        Ok(Some(am.update(&self.db).await?.into()))
+    }
+
+    async fn delete_team(&self, team_id: &str) -> StoreResult<Option<Vec<String>>> {
+        let txn = self.db.begin().await?;
+        if team::Entity::find_by_id(team_id.to_string()).one(&txn).await?.is_none() {
+            return Ok(None);
+        }
+        let key_ids: Vec<String> = virtual_key::Entity::find()
+            .filter(virtual_key::Column::TeamId.eq(team_id))
+            .select_only()
+            .column(virtual_key::Column::Id)
+            .into_tuple()
+            .all(&txn)
+            .await?;
+        jwt_key_mapping::Entity::delete_many()
+            .filter(jwt_key_mapping::Column::KeyId.is_in(key_ids.iter().cloned()))
+            .exec(&txn)
+            .await?;
+        virtual_key::Entity::delete_many()
+            .filter(virtual_key::Column::TeamId.eq(team_id))
+            .exec(&txn)
+            .await?;
+        team::Entity::delete_by_id(team_id.to_string()).exec(&txn).await?;
+        txn.commit().await?;
+        Ok(Some(key_ids))
+    }
+
+    async fn team_key_count(&self, team_id: &str) -> StoreResult<u64> {
+        Ok(virtual_key::Entity::find()
+            .filter(virtual_key::Column::TeamId.eq(team_id))
+            .count(&self.db)
+            .await?)
+    }
+
+    async fn list_teams(&self, page: Page) -> StoreResult<(Vec<Team>, u64)> {
+        let paginator = team::Entity::find()
+            .order_by_asc(team::Column::CreatedAt)
+            .order_by_asc(team::Column::Id)
+            .paginate(&self.db, page.size);
+        let total = paginator.num_items().await?;
+        let items = paginator.fetch_page(page.page.saturating_sub(1)).await?;
+        Ok((items.into_iter().map(Into::into).collect(), total))
+    }
+
+    async fn insert_mapping(&self, mapping: &Mapping) -> StoreResult<Mapping> {
+        Ok(mapping_model(mapping).insert(&self.db).await?.into())
+    }
+
+    async fn mapping(&self, id: &str) -> StoreResult<Option<Mapping>> {
+        Ok(jwt_key_mapping::Entity::find_by_id(id.to_string())
+            .one(&self.db)
+            .await?
+            .map(Into::into))
+    }
+
+    async fn find_mappings(&self, issuer: &str, claim: &str, value: &str) -> StoreResult<Vec<Mapping>> {
+        Ok(jwt_key_mapping::Entity::find()
+            .filter(jwt_key_mapping::Column::JwtClaimName.eq(claim))
+            .filter(jwt_key_mapping::Column::JwtClaimValue.eq(value))
+            .filter(jwt_key_mapping::Column::JwtIssuer.is_in([issuer.to_string(), String::new()]))
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(Into::into)
+            .collect())
+    }
+
+    async fn update_mapping(&self, mapping: &Mapping) -> StoreResult<Option<Mapping>> {
+        if self.mapping(&mapping.id).await?.is_none() {
+            return Ok(None);
+        }
+        let mut am = mapping_model(mapping);
+        am.created_at = sea_orm::NotSet;
+        am.created_by = sea_orm::NotSet;
+        Ok(Some(am.update(&self.db).await?.into()))
+    }
+
+    async fn delete_mapping(&self, id: &str) -> StoreResult<Option<Mapping>> {
+        let Some(existing) = self.mapping(id).await? else {
+            return Ok(None);
+        };
+        jwt_key_mapping::Entity::delete_by_id(id.to_string())
+            .exec(&self.db)
+            .await?;
+        Ok(Some(existing))
+    }
+
+    async fn list_mappings(&self, page: Page) -> StoreResult<(Vec<Mapping>, u64)> {
+        let paginator = jwt_key_mapping::Entity::find()
+            .order_by_asc(jwt_key_mapping::Column::CreatedAt)
+            .order_by_asc(jwt_key_mapping::Column::Id)
+            .paginate(&self.db, page.size);
+        let total = paginator.num_items().await?;
+        let items = paginator.fetch_page(page.page.saturating_sub(1)).await?;
+        Ok((items.into_iter().map(Into::into).collect(), total))
+    }
+
+    async fn record_usage(&self, rows: &[UsageRow]) -> StoreResult<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut by_key: HashMap<&str, f64> = HashMap::new();
+        let mut by_team: HashMap<&str, f64> = HashMap::new();
+        for row in rows {
+            if row.spend > 0.0 {
+                if let Some(k) = &row.key_id {
+                    *by_key.entry(k).or_default() += row.spend;
+                }
+                if let Some(t) = &row.team_id {
+                    *by_team.entry(t).or_default() += row.spend;
+                }
+            }
+        }
+        let txn = self.db.begin().await?;
+        // Bounded chunks keep each statement under every backend's bind-parameter limit.
+        for chunk in rows.chunks(500) {
+            let models = chunk.iter().map(|r| usage_log::ActiveModel {
+                id: Set(uuid::Uuid::now_v7().to_string()),
+                request_id: Set(r.request_id.clone()),
+                key_id: Set(r.key_id.clone()),
+                team_id: Set(r.team_id.clone()),
+                user_id: Set(r.user_id.clone()),
+                model: Set(r.model.clone()),
+                route: Set(r.route.clone()),
+                prompt_tokens: Set(i64::try_from(r.prompt_tokens).unwrap_or(i64::MAX)),
+                completion_tokens: Set(i64::try_from(r.completion_tokens).unwrap_or(i64::MAX)),
+                spend: Set(r.spend),
+                status: Set(r.status.clone()),
+                http_status: Set(i32::from(r.http_status)),
+                started_at: Set(r.started_at),
+                duration_ms: Set(i64::try_from(r.duration_ms).unwrap_or(i64::MAX)),
+            });
+            usage_log::Entity::insert_many(models)
+                .exec_without_returning(&txn)
+                .await?;
+        }
+        // Increments in SQL, never read-modify-write: concurrent writers cannot lose updates.
+        for (key_id, amount) in by_key {
+            virtual_key::Entity::update_many()
+                .col_expr(
+                    virtual_key::Column::Spend,
+                    Expr::col(virtual_key::Column::Spend).add(amount),
+                )
+                .filter(virtual_key::Column::Id.eq(key_id))
+                .exec(&txn)
+                .await?;
+        }
+        for (team_id, amount) in by_team {
+            team::Entity::update_many()
+                .col_expr(team::Column::Spend, Expr::col(team::Column::Spend).add(amount))
+                .filter(team::Column::Id.eq(team_id))
+                .exec(&txn)
+                .await?;
+        }
+        txn.commit().await?;
+        Ok(())
+    }
+
+    async fn spend_logs(&self, filter: &UsageFilter) -> StoreResult<Vec<UsageRow>> {
+        let mut query = usage_log::Entity::find();
+        if let Some(k) = &filter.key_id {
+            query = query.filter(usage_log::Column::KeyId.eq(k.as_str()));
+        }
+        if let Some(t) = &filter.team_id {
+            query = query.filter(usage_log::Column::TeamId.eq(t.as_str()));
+        }
+        if let Some(start) = filter.start {
+            query = query.filter(usage_log::Column::StartedAt.gte(start));
+        }
+        if let Some(end) = filter.end {
+            query = query.filter(usage_log::Column::StartedAt.lt(end));
+        }
+        Ok(query
+            .order_by_desc(usage_log::Column::StartedAt)
+            .order_by_desc(usage_log::Column::Id)
+            .limit(filter.limit)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(Into::into)
+            .collect())
+    }
+}
+
+/// Runs pending migrations; a no-op when the schema is current.
+pub async fn migrate(db: &DatabaseConnection) -> Result<(), sea_orm::DbErr> {
+    use migration::MigratorTrait;
+    migration::Migrator::up(db, None).await
+}
+
+/// True when the connection is PostgreSQL (used by tests and diagnostics).
+pub fn is_postgres(db: &DatabaseConnection) -> bool {
+    matches!(db.get_database_backend(), sea_orm::DatabaseBackend::Postgres)
+}

@@ -1,0 +1,63 @@
+//! Logs (tracing to stderr, text or JSON) and Prometheus metrics.
+//!
+//! Metric names live here as constants so every counter is declared in one place.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{LogConfig, LogFormat};
+
+pub const REQUESTS: &str = "tollgate_requests_total";
+pub const REQUEST_SECONDS: &str = "tollgate_request_duration_seconds";
+pub const UPSTREAM_SECONDS: &str = "tollgate_upstream_duration_seconds";
+pub const AUTH_FAILURES: &str = "tollgate_auth_failures_total";
+pub const LIMIT_REJECTIONS: &str = "tollgate_limit_rejections_total";
+pub const CACHE_LOOKUPS: &str = "tollgate_cache_lookups_total";
+pub const STREAMS_IN_FLIGHT: &str = "tollgate_streams_in_flight";
+pub const USAGE_ROWS: &str = "tollgate_usage_rows_written_total";
+pub const LIMITER_FALLBACKS: &str = "tollgate_limiter_fallbacks_total";
+
+/// Installs the global tracing subscriber. `RUST_LOG` wins over `log.level`.
+pub fn init_logging(config: &LogConfig) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match config.format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+    // A second initialisation (tests building several apps) keeps the first subscriber.
+    drop(result);
+}
+
+/// The process-wide Prometheus recorder, installed on first use.
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+                ])
+                .map(|b| b.build_recorder())
+                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+            let handle = recorder.handle();
+            // Fails only if another recorder was installed first; then ours stays unused
+            // but the handle still renders (empty) text.
+            drop(metrics::set_global_recorder(recorder));
+            handle
+        })
+        .clone()
+}
+
+/// Shows at most the first 8 characters of a secret, for logs.
+pub fn redact(token: &str) -> String {
+    let prefix: String = token.chars().take(8).collect();
+    format!("{prefix}…")
+}
