@@ -1,14 +1,18 @@
 //! `App`: the state every handler shares, built once from configuration.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::keys::KeyResolver;
 use crate::config::Config;
+use crate::proxy::Upstream;
 use crate::store::redis::RedisConn;
 use crate::store::{SqlStore, Store};
+use crate::usage::SpendRecorder;
 
 /// Shared application state. One per process; cloned as `Arc<App>` into handlers.
 pub struct App {
@@ -22,6 +26,16 @@ pub struct App {
     pub metrics: PrometheusHandle,
     /// Fired when the shutdown grace period ends: in-flight streams stop.
     pub cancel: CancellationToken,
+    /// SHA-256 of `server.master_key` (compared in constant time), if set.
+    pub master_key_hash: Option<String>,
+    /// Virtual key and team lookups, cached.
+    pub keys: KeyResolver,
+    /// Pooled client for Ollama.
+    pub upstream: Upstream,
+    /// Batched usage and spend writer.
+    pub spend: SpendRecorder,
+    /// Proxied responses still being streamed (drained on shutdown).
+    pub in_flight: crate::proxy::InFlight,
 }
 
 impl App {
@@ -49,8 +63,26 @@ impl App {
                 "no server.master_key: the management API answers only admin JWTs"
             );
         }
+        let store: Arc<dyn Store> = Arc::new(SqlStore::new(db));
+        let keys = KeyResolver::new(
+            store.clone(),
+            Duration::from_secs(config.cache.key_ttl_s),
+            Duration::from_secs(config.cache.stale_if_error_s),
+        );
+        let upstream = Upstream::new(&config).context("cannot build the upstream client")?;
+        let master_key_hash = config
+            .server
+            .master_key
+            .as_ref()
+            .filter(|k| !k.expose().is_empty())
+            .map(|k| crate::auth::secrets::hash_secret(k.expose()));
         Ok(Arc::new(App {
-            store: Arc::new(SqlStore::new(db)),
+            spend: SpendRecorder::start(store.clone()),
+            store,
+            keys,
+            upstream,
+            master_key_hash,
+            in_flight: crate::proxy::InFlight::default(),
             redis,
             metrics: crate::telemetry::metrics_handle(),
             cancel: CancellationToken::new(),
@@ -60,6 +92,7 @@ impl App {
 
     /// Releases connections (Redis) after the server has stopped.
     pub async fn close(&self) {
+        self.spend.shutdown().await;
         if let Some(redis) = &self.redis {
             redis.quit().await;
         }

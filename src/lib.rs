@@ -8,10 +8,14 @@
 //! - [`telemetry`]: logs and metrics.
 //! - [`app`], [`server`]: state assembly, serving and graceful shutdown.
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod config;
 pub mod http;
+pub mod manage;
+pub mod proxy;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod usage;

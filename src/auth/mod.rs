@@ -1,3 +1,66 @@
-//! Authentication: turning a bearer credential into an identity.
+//! Authentication: a bearer credential becomes a [`Caller`].
+//!
+//! The token's shape picks the path (SPEC §6): the master key, `sk-…` virtual keys, and
+//! (when enabled) JWTs. Every failure is the same 401 so callers cannot tell which check
+//! failed.
 
+pub mod access;
+pub mod authorize;
+pub mod identity;
+pub mod keys;
 pub mod secrets;
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::HeaderMap;
+use axum::http::request::Parts;
+use subtle::ConstantTimeEq;
+
+pub use identity::{Caller, CallerKind};
+
+use crate::app::App;
+use crate::http::AppError;
+
+/// The bearer token of a request, if the header is well-formed.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = token.trim();
+    (!token.is_empty()).then_some(token)
+}
+
+fn unauthorized(reason: &'static str) -> AppError {
+    metrics::counter!(crate::telemetry::AUTH_FAILURES, "reason" => reason).increment(1);
+    AppError::Unauthorized
+}
+
+/// Authenticates a request's headers.
+pub async fn authenticate(app: &App, headers: &HeaderMap) -> Result<Caller, AppError> {
+    let token = bearer(headers).ok_or_else(|| unauthorized("missing_credential"))?;
+    let hash = secrets::hash_secret(token);
+    if let Some(master) = &app.master_key_hash {
+        // Both sides are SHA-256 digests: equal length, compared in constant time.
+        if bool::from(hash.as_bytes().ct_eq(master.as_bytes())) {
+            return Ok(Caller::master());
+        }
+    }
+    if secrets::looks_like_key(token) {
+        return match app.keys.resolve(&hash).await? {
+            Some(resolved) => Ok(Caller::from_key(resolved.key, resolved.team)),
+            None => Err(unauthorized("unknown_key")),
+        };
+    }
+    Err(unauthorized("malformed_credential"))
+}
+
+impl FromRequestParts<Arc<App>> for Caller {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, AppError> {
+        authenticate(app, &parts.headers).await
+    }
+}

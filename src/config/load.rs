@@ -72,6 +72,7 @@ pub fn load_from(yaml: Option<&str>, env: &HashMap<String, String>) -> Result<Co
         // An unknown field's path is its parent; name the full key instead.
         let key = match unknown_field_name(&inner) {
             Some(field) if path == "." => field.to_string(),
+            Some(field) if path == field || path.ends_with(&format!(".{field}")) => path,
             Some(field) => format!("{path}.{field}"),
             None => path,
         };

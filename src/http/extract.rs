@@ -35,7 +35,7 @@ pub fn body_rejection(rejection: BytesRejection) -> AppError {
 }
 
 /// Parses JSON, naming the field at fault.
-pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AppError> {
+pub fn parse_json<'de, T: serde::Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, AppError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(describe_json_error)?;
     de.end()
@@ -57,7 +57,14 @@ fn describe_json_error(err: serde_path_to_error::Error<serde_json::Error>) -> Ap
     let text = text.split(" at line ").next().unwrap_or_default();
     if let Some(rest) = text.strip_prefix("unknown field `") {
         let field = rest.split('`').next().unwrap_or_default();
-        let full = if path == "." { field.to_string() } else { format!("{path}.{field}") };
+        // serde_path_to_error may or may not include the unknown field in the path.
+        let full = if path == "." {
+            field.to_string()
+        } else if path == field || path.ends_with(&format!(".{field}")) {
+            path
+        } else {
+            format!("{path}.{field}")
+        };
         return AppError::invalid(format!("unknown field `{full}`"));
     }
     if let Some(rest) = text.strip_prefix("missing field `") {

@@ -180,11 +180,7 @@ impl Shared {
     }
 }
 
-async fn wait_until(
-    counter: &watch::Sender<usize>,
-    what: &str,
-    mut ok: impl FnMut(usize) -> bool,
-) {
+async fn wait_until(counter: &watch::Sender<usize>, what: &str, mut ok: impl FnMut(usize) -> bool) {
     let mut rx = counter.subscribe();
     let waited = tokio::time::timeout(WAIT_LIMIT, rx.wait_for(|n| ok(*n))).await;
     if waited.is_err() {
@@ -556,6 +552,7 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
 
     let delay = shared.frame_delay();
     let failure = shared.take_failure();
+    let close = failure == Some(Failure::CloseMidStream);
     let reply = match failure {
         Some(Failure::Hang) => {
             // Never answer; the request stays in flight until the connection goes away.
@@ -565,11 +562,8 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
             let status = StatusCode::from_u16(code).expect("testkit: Failure::Status code");
             wire::error(Dialect::for_path(&path), status, &message)
         }
-        Some(Failure::CloseMidStream) | None => {
-            wire::route(&shared, &parts.method, &path, &body)
-        }
+        Some(Failure::CloseMidStream) | None => wire::route(&shared, &parts.method, &path, &body),
     };
-    let close = failure == Some(Failure::CloseMidStream);
     let head_only = parts.method == axum::http::Method::HEAD;
 
     if let Reply::Stream {

@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 use super::Shared;
 
 /// Ollama's version as reported by `GET /api/version`.
-pub(crate) const OLLAMA_VERSION: &str = "0.12.6";
+pub const OLLAMA_VERSION: &str = "0.12.6";
 
 /// Fixed durations (nanoseconds) reported in final frames.
 const LOAD_DURATION: u64 = 1_250_000;
@@ -126,29 +126,31 @@ pub(crate) fn route(shared: &Shared, method: &Method, path: &str, body: &[u8]) -
     let m = method.as_str();
     match (m, path) {
         ("GET" | "HEAD", "/") => Reply::Text(StatusCode::OK, "Ollama is running"),
-        ("GET" | "HEAD", "/api/version") => Reply::Json(
-            StatusCode::OK,
-            json!({ "version": OLLAMA_VERSION }),
-        ),
+        ("GET" | "HEAD", "/api/version") => {
+            Reply::Json(StatusCode::OK, json!({ "version": OLLAMA_VERSION }))
+        }
         ("GET" | "HEAD", "/api/tags") => tags(&snap),
         ("GET" | "HEAD", "/api/ps") => ps(&snap),
         ("POST", "/api/chat") => with_body(Dialect::Ollama, body, |req| {
-            generation(&snap, req, Dialect::Ollama, "model").map(|model| {
-                api_generation(&snap, req, &model, Native::Chat, stream_flag(req, true))
-            })
+            generation(&snap, req, Dialect::Ollama, "model")
+                .map(|model| api_generation(&snap, &model, Native::Chat, stream_flag(req, true)))
         }),
         ("POST", "/api/generate") => with_body(Dialect::Ollama, body, |req| {
             generation(&snap, req, Dialect::Ollama, "model").map(|model| {
-                api_generation(&snap, req, &model, Native::Generate, stream_flag(req, true))
+                api_generation(&snap, &model, Native::Generate, stream_flag(req, true))
             })
         }),
         ("POST", "/api/embed") => with_body(Dialect::Ollama, body, |req| {
-            generation(&snap, req, Dialect::Ollama, "model").map(|model| api_embed(&snap, req, &model))
+            generation(&snap, req, Dialect::Ollama, "model")
+                .map(|model| api_embed(&snap, req, &model))
         }),
         ("POST", "/api/embeddings") => with_body(Dialect::Ollama, body, |req| {
             generation(&snap, req, Dialect::Ollama, "model").map(|_| {
                 let prompt = req.get("prompt").and_then(Value::as_str).unwrap_or("");
-                Reply::Json(StatusCode::OK, json!({ "embedding": embedding_for(prompt) }))
+                Reply::Json(
+                    StatusCode::OK,
+                    json!({ "embedding": embedding_for(prompt) }),
+                )
             })
         }),
         ("POST", "/api/show") => with_body(Dialect::Ollama, body, |req| {
@@ -199,17 +201,16 @@ pub(crate) fn route(shared: &Shared, method: &Method, path: &str, body: &[u8]) -
         ("HEAD", p) if is_blob_path(p) => Reply::Empty(StatusCode::OK),
         ("POST", p) if is_blob_path(p) => Reply::Empty(StatusCode::CREATED),
         ("POST", "/v1/chat/completions") => with_body(Dialect::OpenAi, body, |req| {
-            generation(&snap, req, Dialect::OpenAi, "model").map(|model| {
-                openai_generation(shared, &snap, req, &model, OpenAiKind::Chat)
-            })
+            generation(&snap, req, Dialect::OpenAi, "model")
+                .map(|model| openai_generation(shared, &snap, req, &model, OpenAiKind::Chat))
         }),
         ("POST", "/v1/completions") => with_body(Dialect::OpenAi, body, |req| {
-            generation(&snap, req, Dialect::OpenAi, "model").map(|model| {
-                openai_generation(shared, &snap, req, &model, OpenAiKind::Completion)
-            })
+            generation(&snap, req, Dialect::OpenAi, "model")
+                .map(|model| openai_generation(shared, &snap, req, &model, OpenAiKind::Completion))
         }),
         ("POST", "/v1/embeddings") => with_body(Dialect::OpenAi, body, |req| {
-            generation(&snap, req, Dialect::OpenAi, "model").map(|model| openai_embeddings(&snap, req, &model))
+            generation(&snap, req, Dialect::OpenAi, "model")
+                .map(|model| openai_embeddings(&snap, req, &model))
         }),
         ("POST", "/v1/responses") => with_body(Dialect::OpenAi, body, |req| {
             generation(&snap, req, Dialect::OpenAi, "model")
@@ -293,7 +294,9 @@ fn generation(
 
 /// `stream` as the request set it, else `default`.
 fn stream_flag(req: &Map<String, Value>, default: bool) -> bool {
-    req.get("stream").and_then(Value::as_bool).unwrap_or(default)
+    req.get("stream")
+        .and_then(Value::as_bool)
+        .unwrap_or(default)
 }
 
 /// `llama3.2` and `llama3.2:latest` name the same model.
@@ -432,8 +435,8 @@ fn tags(snap: &Snapshot) -> Reply {
 }
 
 fn ps(snap: &Snapshot) -> Reply {
-    let expires_at = (Utc::now() + chrono::Duration::minutes(5))
-        .to_rfc3339_opts(SecondsFormat::Nanos, true);
+    let expires_at =
+        (Utc::now() + chrono::Duration::minutes(5)).to_rfc3339_opts(SecondsFormat::Nanos, true);
     let models: Vec<Value> = snap
         .models
         .iter()
@@ -477,14 +480,32 @@ fn show(model: &str) -> Reply {
     );
     let mut model_info = Map::new();
     model_info.insert("general.architecture".into(), json!(family));
-    model_info.insert("general.basename".into(), json!(model.split(':').next().unwrap_or(model)));
+    model_info.insert(
+        "general.basename".into(),
+        json!(model.split(':').next().unwrap_or(model)),
+    );
     model_info.insert("general.file_type".into(), json!(15));
-    model_info.insert("general.parameter_count".into(), json!(model_size(model) * 2));
+    model_info.insert(
+        "general.parameter_count".into(),
+        json!(model_size(model) * 2),
+    );
     model_info.insert("general.quantization_version".into(), json!(2));
-    model_info.insert(format!("{family}.context_length"), json!(if embedding { 2048 } else { 131_072 }));
-    model_info.insert(format!("{family}.embedding_length"), json!(if embedding { 768 } else { 4096 }));
-    model_info.insert(format!("{family}.block_count"), json!(if embedding { 12 } else { 32 }));
-    model_info.insert(format!("{family}.attention.head_count"), json!(if embedding { 12 } else { 32 }));
+    model_info.insert(
+        format!("{family}.context_length"),
+        json!(if embedding { 2048 } else { 131_072 }),
+    );
+    model_info.insert(
+        format!("{family}.embedding_length"),
+        json!(if embedding { 768 } else { 4096 }),
+    );
+    model_info.insert(
+        format!("{family}.block_count"),
+        json!(if embedding { 12 } else { 32 }),
+    );
+    model_info.insert(
+        format!("{family}.attention.head_count"),
+        json!(if embedding { 12 } else { 32 }),
+    );
     let capabilities = if embedding {
         json!(["embedding"])
     } else {
@@ -579,7 +600,10 @@ fn native_final(snap: &Snapshot, model: &str, kind: Native, content: &str) -> Va
     frame.insert("created_at".into(), json!(now_rfc3339()));
     match kind {
         Native::Chat => {
-            frame.insert("message".into(), json!({ "role": "assistant", "content": content }));
+            frame.insert(
+                "message".into(),
+                json!({ "role": "assistant", "content": content }),
+            );
         }
         Native::Generate => {
             frame.insert("response".into(), json!(content));
@@ -599,13 +623,7 @@ fn native_final(snap: &Snapshot, model: &str, kind: Native, content: &str) -> Va
     Value::Object(frame)
 }
 
-fn api_generation(
-    snap: &Snapshot,
-    _req: &Map<String, Value>,
-    model: &str,
-    kind: Native,
-    stream: bool,
-) -> Reply {
+fn api_generation(snap: &Snapshot, model: &str, kind: Native, stream: bool) -> Reply {
     if !stream {
         return Reply::Json(
             StatusCode::OK,
@@ -704,7 +722,11 @@ fn openai_generation(
     let n = shared.next_id();
     let created = now_unix();
     let (id, object, chunk_object) = match kind {
-        OpenAiKind::Chat => (format!("chatcmpl-{n}"), "chat.completion", "chat.completion.chunk"),
+        OpenAiKind::Chat => (
+            format!("chatcmpl-{n}"),
+            "chat.completion",
+            "chat.completion.chunk",
+        ),
         OpenAiKind::Completion => (format!("cmpl-{n}"), "text_completion", "text_completion"),
     };
     if !stream_flag(req, false) {
@@ -743,15 +765,25 @@ fn openai_generation(
     let count = snap.completion_frames.max(1);
     let mut frames: Vec<Bytes> = (0..count)
         .map(|i| {
-            let content = if snap.completion_frames == 0 { String::new() } else { word(i) };
-            let finish = if i + 1 == count { json!("stop") } else { Value::Null };
+            let content = if snap.completion_frames == 0 {
+                String::new()
+            } else {
+                word(i)
+            };
+            let finish = if i + 1 == count {
+                json!("stop")
+            } else {
+                Value::Null
+            };
             let choice = match kind {
                 OpenAiKind::Chat => json!({
                     "index": 0,
                     "delta": { "role": "assistant", "content": content },
                     "finish_reason": finish,
                 }),
-                OpenAiKind::Completion => json!({ "text": content, "index": 0, "finish_reason": finish }),
+                OpenAiKind::Completion => {
+                    json!({ "text": content, "index": 0, "finish_reason": finish })
+                }
             };
             sse_data(&chunk(json!([choice])))
         })
@@ -957,8 +989,14 @@ mod tests {
     #[test]
     fn names_normalize_to_latest() {
         let models = vec!["llama3.2:latest".to_owned(), "qwen2.5:7b".to_owned()];
-        assert_eq!(find_model(&models, "llama3.2").as_deref(), Some("llama3.2:latest"));
-        assert_eq!(find_model(&models, "qwen2.5:7b").as_deref(), Some("qwen2.5:7b"));
+        assert_eq!(
+            find_model(&models, "llama3.2").as_deref(),
+            Some("llama3.2:latest")
+        );
+        assert_eq!(
+            find_model(&models, "qwen2.5:7b").as_deref(),
+            Some("qwen2.5:7b")
+        );
         assert_eq!(find_model(&models, "qwen2.5"), None);
     }
 

@@ -1,0 +1,62 @@
+//! `Caller`: who is making a request, after authentication.
+
+use std::sync::Arc;
+
+use crate::config::Role;
+use crate::store::{Team, VirtualKey};
+
+/// How the caller authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallerKind {
+    /// `server.master_key`.
+    MasterKey,
+    /// A virtual key (`sk-…`).
+    VirtualKey,
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub kind: CallerKind,
+    /// The key whose limits apply (none for the master key).
+    pub key: Option<Arc<VirtualKey>>,
+    /// The team whose limits also apply.
+    pub team: Option<Arc<Team>>,
+    pub user_id: Option<String>,
+    pub team_id: Option<String>,
+    /// Management role, if any (plain virtual keys have none).
+    pub role: Option<Role>,
+    /// What logs and the live feed show: a key's display name, never the key.
+    pub label: Arc<str>,
+}
+
+impl Caller {
+    pub fn master() -> Self {
+        Self {
+            kind: CallerKind::MasterKey,
+            key: None,
+            team: None,
+            user_id: None,
+            team_id: None,
+            role: Some(Role::ProxyAdmin),
+            label: Arc::from("master_key"),
+        }
+    }
+
+    pub fn from_key(key: Arc<VirtualKey>, team: Option<Arc<Team>>) -> Self {
+        Self {
+            kind: CallerKind::VirtualKey,
+            user_id: key.user_id.clone(),
+            team_id: key.team_id.clone(),
+            label: Arc::from(key.key_name.as_str()),
+            key: Some(key),
+            team,
+            role: None,
+        }
+    }
+
+    /// Proxy admins bypass model policy and may call Ollama's admin routes.
+    pub fn is_admin(&self) -> bool {
+        self.role == Some(Role::ProxyAdmin)
+    }
+}

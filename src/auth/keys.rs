@@ -1,0 +1,178 @@
+//! `KeyResolver`: virtual key → key record (and its team), cached in process.
+//!
+//! A cached key costs no database round trip. Entries live `cache.key_ttl_s`; past that
+//! they are reloaded, and while the database is down a stale entry keeps serving for up
+//! to `cache.stale_if_error_s` more. Unknown hashes are cached too (a minted key has 256
+//! random bits, so a negative entry can never shadow a key created later), which keeps
+//! floods of bad keys off the database. Admin writes call [`KeyResolver::invalidate_key`]
+//! / [`KeyResolver::invalidate_team`] so the next request sees the change.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::future::Cache;
+
+use crate::http::AppError;
+use crate::store::{Store, StoreError, Team, VirtualKey};
+
+struct Entry<T> {
+    value: Option<Arc<T>>,
+    /// Served without asking the database until then.
+    fresh_until: Instant,
+    /// Served while the database is unavailable until then.
+    stale_until: Instant,
+}
+
+impl<T> Clone for Entry<T> {
+    fn clone(&self) -> Self {
+        Self {
+            value: self.value.clone(),
+            fresh_until: self.fresh_until,
+            stale_until: self.stale_until,
+        }
+    }
+}
+
+/// How long a stale entry is trusted before the database is asked again while it is down.
+const RETRY_BACKOFF: Duration = Duration::from_secs(1);
+
+/// A resolved key with its team, as the request path needs them.
+#[derive(Debug, Clone)]
+pub struct ResolvedKey {
+    pub key: Arc<VirtualKey>,
+    pub team: Option<Arc<Team>>,
+}
+
+pub struct KeyResolver {
+    store: Arc<dyn Store>,
+    keys: Cache<String, Entry<VirtualKey>>,
+    teams: Cache<String, Entry<Team>>,
+    fresh_for: Duration,
+    stale_for: Duration,
+}
+
+impl KeyResolver {
+    pub fn new(store: Arc<dyn Store>, ttl: Duration, stale_if_error: Duration) -> Self {
+        let keep = ttl + stale_if_error;
+        Self {
+            store,
+            keys: Cache::builder()
+                .max_capacity(200_000)
+                .time_to_live(keep.max(Duration::from_millis(1)))
+                .build(),
+            teams: Cache::builder()
+                .max_capacity(50_000)
+                .time_to_live(keep.max(Duration::from_millis(1)))
+                .build(),
+            fresh_for: ttl,
+            stale_for: keep,
+        }
+    }
+
+    /// The key whose SHA-256 is `hash`, with its team. `Ok(None)` = unknown key.
+    pub async fn resolve(&self, hash: &str) -> Result<Option<ResolvedKey>, AppError> {
+        let store = self.store.clone();
+        let owned = hash.to_string();
+        let key = cached(&self.keys, hash, self.fresh_for, self.stale_for, "key", move || {
+            let store = store.clone();
+            let hash = owned.clone();
+            async move { store.key_by_hash(&hash).await }
+        })
+        .await?;
+        let Some(key) = key else {
+            return Ok(None);
+        };
+        let team = match &key.team_id {
+            Some(team_id) => self.team(team_id).await?,
+            None => None,
+        };
+        Ok(Some(ResolvedKey { key, team }))
+    }
+
+    pub async fn team(&self, team_id: &str) -> Result<Option<Arc<Team>>, AppError> {
+        let store = self.store.clone();
+        let owned = team_id.to_string();
+        cached(&self.teams, team_id, self.fresh_for, self.stale_for, "team", move || {
+            let store = store.clone();
+            let id = owned.clone();
+            async move { store.team(&id).await }
+        })
+        .await
+    }
+
+    pub async fn invalidate_key(&self, hash: &str) {
+        self.keys.invalidate(hash).await;
+    }
+
+    pub async fn invalidate_team(&self, team_id: &str) {
+        self.teams.invalidate(team_id).await;
+    }
+
+    /// Drops every cached key (used when only the key id is known, e.g. remote
+    /// invalidation of a key whose hash this instance may hold).
+    pub fn invalidate_all_keys(&self) {
+        self.keys.invalidate_all();
+    }
+}
+
+async fn cached<T, F, Fut>(
+    cache: &Cache<String, Entry<T>>,
+    id: &str,
+    fresh_for: Duration,
+    stale_for: Duration,
+    kind: &'static str,
+    load: F,
+) -> Result<Option<Arc<T>>, AppError>
+where
+    T: Send + Sync + 'static,
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>, StoreError>> + Send,
+{
+    let now = Instant::now();
+    let existing = cache.get(id).await;
+    if let Some(entry) = &existing {
+        if now < entry.fresh_until {
+            metrics::counter!(crate::telemetry::CACHE_LOOKUPS, "cache" => kind, "result" => "hit")
+                .increment(1);
+            return Ok(entry.value.clone());
+        }
+        cache.invalidate(id).await;
+    }
+    metrics::counter!(crate::telemetry::CACHE_LOOKUPS, "cache" => kind, "result" => "miss")
+        .increment(1);
+    // Concurrent misses for one id share a single load.
+    let loaded = cache
+        .try_get_with(id.to_string(), async {
+            let value = load().await?;
+            let loaded_at = Instant::now();
+            Ok::<_, StoreError>(Entry {
+                value: value.map(Arc::new),
+                fresh_until: loaded_at + fresh_for,
+                stale_until: loaded_at + stale_for,
+            })
+        })
+        .await;
+    match loaded {
+        Ok(entry) => Ok(entry.value),
+        Err(err) => match (&*err, existing) {
+            (StoreError::Unavailable(_), Some(stale)) if now < stale.stale_until => {
+                tracing::warn!(kind, "database unavailable; serving a cached entry");
+                let value = stale.value.clone();
+                cache
+                    .insert(
+                        id.to_string(),
+                        Entry {
+                            fresh_until: Instant::now() + RETRY_BACKOFF,
+                            ..stale
+                        },
+                    )
+                    .await;
+                Ok(value)
+            }
+            _ => Err(match Arc::try_unwrap(err) {
+                Ok(e) => e.into(),
+                Err(shared) => AppError::Unavailable(anyhow::anyhow!("{shared}")),
+            }),
+        },
+    }
+}

@@ -1,0 +1,385 @@
+//! `KeyManager`: creating, changing and deleting virtual keys.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use serde::Deserialize;
+
+use crate::app::App;
+use crate::auth::Caller;
+use crate::auth::authorize::{Capability, check};
+use crate::auth::secrets;
+use crate::config::Duration;
+use crate::http::AppError;
+use crate::http::extract::double_option;
+use crate::store::{KeyFields, KeyFilter, Page, VirtualKey};
+
+/// `key` (plaintext) or `key_id`: how every key route names its key.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRef {
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub key_id: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateKey {
+    pub key_alias: Option<String>,
+    pub models: Option<Vec<String>>,
+    pub max_budget: Option<f64>,
+    pub budget_duration: Option<Duration>,
+    pub tpm_limit: Option<u64>,
+    pub rpm_limit: Option<u64>,
+    pub max_parallel_requests: Option<u64>,
+    pub duration: Option<Duration>,
+    pub metadata: Option<serde_json::Value>,
+    pub team_id: Option<String>,
+    pub user_id: Option<String>,
+    pub org_id: Option<String>,
+    pub allowed_routes: Option<Vec<String>>,
+    pub blocked: Option<bool>,
+}
+
+/// Absent fields stay as they are; `null` clears.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateKey {
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub key_id: Option<String>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub key_alias: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub models: Option<Option<Vec<String>>>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub max_budget: Option<Option<f64>>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub budget_duration: Option<Option<Duration>>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub tpm_limit: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub rpm_limit: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub max_parallel_requests: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub duration: Option<Option<Duration>>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub metadata: Option<Option<serde_json::Value>>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub team_id: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub user_id: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub org_id: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub allowed_routes: Option<Option<Vec<String>>>,
+    #[serde(default)]
+    pub blocked: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteKeys {
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub key_id: Option<String>,
+    #[serde(default)]
+    pub keys: Option<Vec<String>>,
+    #[serde(default)]
+    pub key_ids: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListKeys {
+    pub team_id: Option<String>,
+    pub user_id: Option<String>,
+    pub page: Option<u64>,
+    pub size: Option<u64>,
+}
+
+/// Validates list-query paging: 1-based `page`, `size` 1..=1000 (default 50).
+pub fn page(page: Option<u64>, size: Option<u64>) -> Result<Page, AppError> {
+    let page = page.unwrap_or(1);
+    let size = size.unwrap_or(50);
+    if page == 0 {
+        return Err(AppError::invalid("field `page` must be 1 or more"));
+    }
+    if size == 0 || size > 1000 {
+        return Err(AppError::invalid("field `size` must be between 1 and 1000"));
+    }
+    Ok(Page { page, size })
+}
+
+fn check_budget(value: Option<f64>) -> Result<(), AppError> {
+    match value {
+        Some(b) if !(b.is_finite() && b >= 0.0) => {
+            Err(AppError::invalid("field `max_budget` must be a non-negative number"))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn check_routes(routes: &[String]) -> Result<(), AppError> {
+    if routes.iter().any(|r| !r.starts_with('/')) {
+        return Err(AppError::invalid("field `allowed_routes` entries must start with `/`"));
+    }
+    Ok(())
+}
+
+fn check_models(models: &[String]) -> Result<(), AppError> {
+    if models.iter().any(|m| m.trim().is_empty()) {
+        return Err(AppError::invalid("field `models` must not contain empty names"));
+    }
+    Ok(())
+}
+
+fn check_metadata(metadata: &serde_json::Value) -> Result<(), AppError> {
+    if !metadata.is_object() {
+        return Err(AppError::invalid("field `metadata` must be an object"));
+    }
+    Ok(())
+}
+
+/// A key as returned by the API (never its hash), plus the plaintext when just minted.
+#[derive(Debug, serde::Serialize)]
+pub struct IssuedKey {
+    pub key: String,
+    #[serde(flatten)]
+    pub info: VirtualKey,
+}
+
+pub struct KeyManager<'a> {
+    app: &'a Arc<App>,
+    caller: &'a Caller,
+}
+
+impl<'a> KeyManager<'a> {
+    pub fn new(app: &'a Arc<App>, caller: &'a Caller) -> Self {
+        Self { app, caller }
+    }
+
+    async fn ensure_team(&self, team_id: Option<&str>) -> Result<(), AppError> {
+        if let Some(team) = team_id {
+            if self.app.store.team(team).await?.is_none() {
+                return Err(AppError::invalid(format!("field `team_id`: team `{team}` does not exist")));
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn generate(&self, req: GenerateKey) -> Result<IssuedKey, AppError> {
+        check(self.caller, Capability::KeyWrite, req.team_id.as_deref())?;
+        check_budget(req.max_budget)?;
+        let models = req.models.unwrap_or_default();
+        check_models(&models)?;
+        let allowed_routes = req.allowed_routes.unwrap_or_default();
+        check_routes(&allowed_routes)?;
+        let metadata = req.metadata.unwrap_or_else(|| serde_json::json!({}));
+        check_metadata(&metadata)?;
+        self.ensure_team(req.team_id.as_deref()).await?;
+        let fields = KeyFields {
+            key_alias: req.key_alias,
+            team_id: req.team_id,
+            user_id: req.user_id,
+            org_id: req.org_id,
+            models,
+            allowed_routes,
+            max_budget: req.max_budget,
+            budget_duration: req.budget_duration,
+            tpm_limit: req.tpm_limit,
+            rpm_limit: req.rpm_limit,
+            max_parallel_requests: req.max_parallel_requests,
+            expires: req.duration.map(|d| Utc::now() + d.to_chrono()),
+            blocked: req.blocked.unwrap_or(false),
+            metadata,
+        };
+        self.mint(&fields).await
+    }
+
+    /// Creates a key with `fields`; also used by auto-registration.
+    pub async fn mint(&self, fields: &KeyFields) -> Result<IssuedKey, AppError> {
+        let key = secrets::mint_key();
+        let hash = secrets::hash_secret(&key);
+        let key_id = uuid::Uuid::new_v4().to_string();
+        let info = self
+            .app
+            .store
+            .insert_key(&key_id, &hash, &secrets::display_name(&key), fields, Some(self.caller.label.to_string()))
+            .await?;
+        self.app.keys.invalidate_key(&hash).await;
+        tracing::info!(key_id = %info.key_id, by = %self.caller.label, "key created");
+        Ok(IssuedKey { key, info })
+    }
+
+    /// Finds the key named by `key` or `key_id`; 404 when it does not exist.
+    pub async fn find(&self, key: Option<&str>, key_id: Option<&str>) -> Result<VirtualKey, AppError> {
+        let found = match (key, key_id) {
+            (_, Some(id)) => self.app.store.key_by_id(id).await?,
+            (Some(k), None) => self.app.store.key_by_hash(&secrets::hash_secret(k)).await?,
+            (None, None) => return Err(AppError::invalid("missing field `key` or `key_id`")),
+        };
+        found.ok_or_else(|| AppError::NotFound("key not found".into()))
+    }
+
+    pub async fn info(&self, key: Option<&str>, key_id: Option<&str>) -> Result<VirtualKey, AppError> {
+        let found = self.find(key, key_id).await?;
+        check(self.caller, Capability::KeyRead, found.team_id.as_deref())?;
+        Ok(found)
+    }
+
+    pub async fn update(&self, req: UpdateKey) -> Result<VirtualKey, AppError> {
+        let existing = self.find(req.key.as_deref(), req.key_id.as_deref()).await?;
+        check(self.caller, Capability::KeyWrite, existing.team_id.as_deref())?;
+        let mut f = fields_of(&existing);
+        if let Some(v) = req.key_alias {
+            f.key_alias = v;
+        }
+        if let Some(v) = req.models {
+            f.models = v.unwrap_or_default();
+            check_models(&f.models)?;
+        }
+        if let Some(v) = req.max_budget {
+            check_budget(v)?;
+            f.max_budget = v;
+        }
+        if let Some(v) = req.budget_duration {
+            f.budget_duration = v;
+        }
+        if let Some(v) = req.tpm_limit {
+            f.tpm_limit = v;
+        }
+        if let Some(v) = req.rpm_limit {
+            f.rpm_limit = v;
+        }
+        if let Some(v) = req.max_parallel_requests {
+            f.max_parallel_requests = v;
+        }
+        if let Some(v) = req.duration {
+            f.expires = v.map(|d| Utc::now() + d.to_chrono());
+        }
+        if let Some(v) = req.metadata {
+            f.metadata = v.unwrap_or_else(|| serde_json::json!({}));
+            check_metadata(&f.metadata)?;
+        }
+        if let Some(v) = req.team_id {
+            self.ensure_team(v.as_deref()).await?;
+            check(self.caller, Capability::KeyWrite, v.as_deref())?;
+            f.team_id = v;
+        }
+        if let Some(v) = req.user_id {
+            f.user_id = v;
+        }
+        if let Some(v) = req.org_id {
+            f.org_id = v;
+        }
+        if let Some(v) = req.allowed_routes {
+            f.allowed_routes = v.unwrap_or_default();
+            check_routes(&f.allowed_routes)?;
+        }
+        if let Some(v) = req.blocked {
+            f.blocked = v;
+        }
+        self.save(&existing, &f).await
+    }
+
+    async fn save(&self, existing: &VirtualKey, fields: &KeyFields) -> Result<VirtualKey, AppError> {
+        let updated = self
+            .app
+            .store
+            .update_key(&existing.key_id, fields)
+            .await?
+            .ok_or_else(|| AppError::NotFound("key not found".into()))?;
+        self.app.keys.invalidate_key(&existing.key_hash).await;
+        Ok(updated)
+    }
+
+    pub async fn set_blocked(&self, key_ref: KeyRef, blocked: bool) -> Result<VirtualKey, AppError> {
+        let existing = self.find(key_ref.key.as_deref(), key_ref.key_id.as_deref()).await?;
+        check(self.caller, Capability::KeyWrite, existing.team_id.as_deref())?;
+        let mut f = fields_of(&existing);
+        f.blocked = blocked;
+        self.save(&existing, &f).await
+    }
+
+    pub async fn regenerate(&self, key_ref: KeyRef) -> Result<IssuedKey, AppError> {
+        let existing = self.find(key_ref.key.as_deref(), key_ref.key_id.as_deref()).await?;
+        check(self.caller, Capability::KeyWrite, existing.team_id.as_deref())?;
+        let key = secrets::mint_key();
+        let hash = secrets::hash_secret(&key);
+        let info = self
+            .app
+            .store
+            .rehash_key(&existing.key_id, &hash, &secrets::display_name(&key))
+            .await?
+            .ok_or_else(|| AppError::NotFound("key not found".into()))?;
+        self.app.keys.invalidate_key(&existing.key_hash).await;
+        self.app.keys.invalidate_key(&hash).await;
+        Ok(IssuedKey { key, info })
+    }
+
+    pub async fn delete(&self, req: DeleteKeys) -> Result<Vec<String>, AppError> {
+        let mut targets = Vec::new();
+        let plain = req.key.into_iter().chain(req.keys.unwrap_or_default());
+        for k in plain {
+            targets.push(self.find(Some(&k), None).await?);
+        }
+        for id in req.key_id.into_iter().chain(req.key_ids.unwrap_or_default()) {
+            targets.push(self.find(None, Some(&id)).await?);
+        }
+        if targets.is_empty() {
+            return Err(AppError::invalid("missing field `keys`, `key_ids`, `key` or `key_id`"));
+        }
+        for key in &targets {
+            check(self.caller, Capability::KeyWrite, key.team_id.as_deref())?;
+        }
+        let ids: Vec<String> = targets.iter().map(|k| k.key_id.clone()).collect();
+        let deleted = self.app.store.delete_keys(&ids).await?;
+        for key in &deleted {
+            self.app.keys.invalidate_key(&key.key_hash).await;
+        }
+        Ok(deleted.into_iter().map(|k| k.key_id).collect())
+    }
+
+    pub async fn list(&self, q: ListKeys) -> Result<(Vec<VirtualKey>, u64, Page), AppError> {
+        let page = page(q.page, q.size)?;
+        // Team roles see their own team only.
+        let team_id = if self.caller.is_admin() {
+            q.team_id
+        } else {
+            let own = self.caller.team_id.clone();
+            check(self.caller, Capability::KeyRead, q.team_id.as_deref().or(own.as_deref()))?;
+            own
+        };
+        let filter = KeyFilter {
+            team_id,
+            user_id: q.user_id,
+        };
+        let (keys, total) = self.app.store.list_keys(&filter, page).await?;
+        Ok((keys, total, page))
+    }
+}
+
+fn fields_of(k: &VirtualKey) -> KeyFields {
+    KeyFields {
+        key_alias: k.key_alias.clone(),
+        team_id: k.team_id.clone(),
+        user_id: k.user_id.clone(),
+        org_id: k.org_id.clone(),
+        models: k.models.clone(),
+        allowed_routes: k.allowed_routes.clone(),
+        max_budget: k.max_budget,
+        budget_duration: k.budget_duration,
+        tpm_limit: k.tpm_limit,
+        rpm_limit: k.rpm_limit,
+        max_parallel_requests: k.max_parallel_requests,
+        expires: k.expires,
+        blocked: k.blocked,
+        metadata: k.metadata.clone(),
+    }
+}

@@ -1,0 +1,155 @@
+//! `MeteredBody`: the response stream handed to the client. Forwards every chunk as soon
+//! as Ollama sends it, counts tokens on the way, and records exactly one usage row when
+//! the stream ends, fails, is cancelled by shutdown, or is dropped by a departed client.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures_util::Stream;
+use futures_util::future::BoxFuture;
+
+use super::InFlightGuard;
+use super::meter::{Scanner, Tokens};
+use crate::app::App;
+use crate::store::UsageRow;
+
+/// Everything needed to write the request's usage row once it finishes.
+pub struct UsageTicket {
+    pub app: Arc<App>,
+    pub request_id: Arc<str>,
+    pub key_id: Option<String>,
+    pub team_id: Option<String>,
+    pub user_id: Option<String>,
+    pub label: Arc<str>,
+    pub model: Option<String>,
+    pub route: &'static str,
+    pub http_status: u16,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub started: Instant,
+}
+
+impl UsageTicket {
+    /// Records the row (and logs the request line).
+    pub fn finish(self, status: &'static str, tokens: Tokens) {
+        let model = self.model.as_deref().unwrap_or("");
+        let spend = self
+            .app
+            .config
+            .pricing
+            .cost(model, tokens.prompt, tokens.completion);
+        let duration = self.started.elapsed();
+        metrics::histogram!(crate::telemetry::REQUEST_SECONDS, "route" => self.route)
+            .record(duration.as_secs_f64());
+        metrics::counter!(crate::telemetry::REQUESTS, "route" => self.route, "status" => status)
+            .increment(1);
+        tracing::info!(
+            request_id = %self.request_id,
+            key = %self.label,
+            model,
+            route = self.route,
+            status,
+            http_status = self.http_status,
+            prompt_tokens = tokens.prompt,
+            completion_tokens = tokens.completion,
+            latency_ms = duration.as_millis() as u64,
+            "proxied"
+        );
+        self.app.spend.record(UsageRow {
+            request_id: self.request_id.to_string(),
+            key_id: self.key_id,
+            team_id: self.team_id,
+            user_id: self.user_id,
+            model: self.model,
+            route: self.route.to_string(),
+            prompt_tokens: tokens.prompt,
+            completion_tokens: tokens.completion,
+            spend,
+            status: status.to_string(),
+            http_status: self.http_status,
+            started_at: self.started_at,
+            duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+        });
+    }
+}
+
+type Upstream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
+
+pub struct MeteredBody {
+    upstream: Upstream,
+    scanner: Scanner,
+    ticket: Option<UsageTicket>,
+    cancelled: BoxFuture<'static, ()>,
+    _in_flight: InFlightGuard,
+}
+
+impl MeteredBody {
+    pub fn new(
+        upstream: Upstream,
+        scanner: Scanner,
+        ticket: UsageTicket,
+        in_flight: InFlightGuard,
+    ) -> Self {
+        let cancelled = Box::pin(ticket.app.cancel.clone().cancelled_owned());
+        Self {
+            upstream,
+            scanner,
+            ticket: Some(ticket),
+            cancelled,
+            _in_flight: in_flight,
+        }
+    }
+
+    fn finish(&mut self, status: &'static str) {
+        if let Some(ticket) = self.ticket.take() {
+            ticket.finish(status, self.scanner.tokens);
+        }
+    }
+}
+
+impl Stream for MeteredBody {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.ticket.is_none() {
+            return Poll::Ready(None);
+        }
+        if this.cancelled.as_mut().poll(cx).is_ready() {
+            this.finish("cancelled");
+            return Poll::Ready(Some(Err(std::io::Error::other("gateway shutting down"))));
+        }
+        loop {
+            match this.upstream.as_mut().poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(chunk))) => {
+                    let out = this.scanner.feed(chunk);
+                    if !out.is_empty() {
+                        return Poll::Ready(Some(Ok(out)));
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    let status = if e.is_timeout() { "timeout" } else { "error" };
+                    tracing::warn!(status, "upstream stream failed");
+                    this.finish(status);
+                    return Poll::Ready(Some(Err(std::io::Error::other("upstream stream failed"))));
+                }
+                Poll::Ready(None) => {
+                    let rest = this.scanner.finish();
+                    this.finish("success");
+                    return Poll::Ready((!rest.is_empty()).then_some(Ok(rest)));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for MeteredBody {
+    fn drop(&mut self) {
+        // The client went away before the end: the upstream request is dropped with us
+        // (which cancels it at Ollama) and what was seen so far is recorded.
+        self.finish("cancelled");
+    }
+}
