@@ -281,7 +281,7 @@ mod tests {
 
     #[test]
     fn unknown_nested_key_is_named_with_its_path() {
-        let e = err("database:\n  ulr: sqlite::memory:\n");
+        let e = err("database:\n  ulr: \"sqlite://x.db\"\n");
         assert!(e.contains("database.ulr"), "{e}");
     }
 

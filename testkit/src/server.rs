@@ -33,17 +33,25 @@ impl ServerHandle {
     /// Bind `127.0.0.1:0`, build the router knowing the bound address (e.g. for an
     /// issuer URL), and serve it on a spawned task.
     pub(crate) async fn spawn_with(make_router: impl FnOnce(SocketAddr) -> Router) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        Self::spawn_on("127.0.0.1:0", make_router)
             .await
-            .expect("testkit: bind 127.0.0.1:0");
+            .expect("testkit: bind 127.0.0.1:0")
+    }
+
+    /// Bind `addr` and serve on a spawned task (the `mock-ollama` binary uses this).
+    pub(crate) async fn spawn_on(
+        addr: &str,
+        make_router: impl FnOnce(SocketAddr) -> Router,
+    ) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener
             .local_addr()
             .expect("testkit: local address of the listener");
         let task = tokio::spawn(accept_loop(listener, make_router(addr)));
-        Self {
+        Ok(Self {
             addr,
             task: Mutex::new(Some(task)),
-        }
+        })
     }
 
     /// The bound address.

@@ -220,6 +220,16 @@ impl MockOllama {
         Self { shared, server }
     }
 
+    /// Serve on a chosen address (for the `mock-ollama` binary and the benchmark).
+    pub async fn start_on(addr: &str) -> std::io::Result<Self> {
+        let shared = Arc::new(Shared::new());
+        let router = Router::new()
+            .fallback(handle)
+            .with_state(Arc::clone(&shared));
+        let server = Arc::new(ServerHandle::spawn_on(addr, |_| router).await?);
+        Ok(Self { shared, server })
+    }
+
     /// `http://127.0.0.1:PORT` (no trailing slash).
     pub fn url(&self) -> String {
         format!("http://{}", self.server.addr())
