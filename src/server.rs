@@ -34,8 +34,15 @@ pub async fn serve(
             tracing::warn!(grace_s = grace.as_secs(), "grace period over: cancelling in-flight requests");
         }
     }
-    // Streams still running observe this and end, recording what they saw.
+    // Streams still running observe this and end, recording what they saw; wait (briefly)
+    // for them so their usage rows are queued before the final flush.
     app.cancel.cancel();
+    if tokio::time::timeout(Duration::from_secs(5), app.in_flight.idle())
+        .await
+        .is_err()
+    {
+        tracing::warn!(streams = app.in_flight.count(), "streams still open after cancellation");
+    }
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 
 mod keys;
 mod spend;
+mod teams;
 
 use std::sync::Arc;
 
@@ -61,6 +62,11 @@ pub fn router(app: Arc<App>) -> Router<Arc<App>> {
         .route("/key/regenerate", KeyWrite, post(keys::regenerate))
         .route("/key/block", KeyWrite, post(keys::block))
         .route("/key/unblock", KeyWrite, post(keys::unblock))
+        .route("/team/new", TeamWrite, post(teams::create))
+        .route("/team/update", TeamWrite, post(teams::update))
+        .route("/team/delete", TeamWrite, post(teams::delete))
+        .route("/team/info", TeamRead, get(teams::info))
+        .route("/team/list", TeamRead, get(teams::list))
         .route("/spend/logs", SpendRead, get(spend::logs))
         .router
 }

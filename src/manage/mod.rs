@@ -3,3 +3,4 @@
 //! only extract and call these.
 
 pub mod keys;
+pub mod teams;
