@@ -34,6 +34,8 @@ pub struct App {
     pub upstream: Upstream,
     /// Batched usage and spend writer.
     pub spend: SpendRecorder,
+    /// Admission control for keys and teams.
+    pub limiter: crate::limits::LocalLimiter,
     /// Proxied responses still being streamed (drained on shutdown).
     pub in_flight: crate::proxy::InFlight,
 }
@@ -58,10 +60,13 @@ impl App {
             ),
             None => None,
         };
-        if config.server.master_key.as_ref().is_none_or(|k| k.expose().is_empty()) {
-            tracing::warn!(
-                "no server.master_key: the management API answers only admin JWTs"
-            );
+        if config
+            .server
+            .master_key
+            .as_ref()
+            .is_none_or(|k| k.expose().is_empty())
+        {
+            tracing::warn!("no server.master_key: the management API answers only admin JWTs");
         }
         let store: Arc<dyn Store> = Arc::new(SqlStore::new(db));
         let keys = KeyResolver::new(
@@ -83,6 +88,7 @@ impl App {
             upstream,
             master_key_hash,
             in_flight: crate::proxy::InFlight::default(),
+            limiter: crate::limits::LocalLimiter::default(),
             redis,
             metrics: crate::telemetry::metrics_handle(),
             cancel: CancellationToken::new(),

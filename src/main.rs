@@ -6,7 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "tollgate", version, about = "A virtual-key gateway in front of Ollama")]
+#[command(
+    name = "tollgate",
+    version,
+    about = "A virtual-key gateway in front of Ollama"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -41,7 +45,10 @@ fn main() -> ExitCode {
         }
     };
     tollgate::telemetry::init_logging(&config.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tollgate: cannot start the runtime: {e}");
@@ -86,9 +93,14 @@ async fn serve(config: tollgate::config::Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {listen} (server.listen)"))?;
     tracing::info!(address = %listen, "tollgate listening");
     let router = tollgate::http::router::build(app.clone());
-    tollgate::server::serve(listener, app.clone(), router, tollgate::server::shutdown_signal())
-        .await
-        .context("server error")?;
+    tollgate::server::serve(
+        listener,
+        app.clone(),
+        router,
+        tollgate::server::shutdown_signal(),
+    )
+    .await
+    .context("server error")?;
     app.close().await;
     tracing::info!("stopped");
     Ok(())

@@ -41,7 +41,10 @@ pub async fn serve(
         .await
         .is_err()
     {
-        tracing::warn!(streams = app.in_flight.count(), "streams still open after cancellation");
+        tracing::warn!(
+            streams = app.in_flight.count(),
+            "streams still open after cancellation"
+        );
     }
     Ok(())
 }

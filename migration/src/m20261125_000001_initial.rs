@@ -113,11 +113,19 @@ fn big_null(col: impl IntoIden) -> ColumnDef {
 }
 
 fn spend(col: impl IntoIden) -> ColumnDef {
-    ColumnDef::new(col).double().not_null().default(0.0).to_owned()
+    ColumnDef::new(col)
+        .double()
+        .not_null()
+        .default(0.0)
+        .to_owned()
 }
 
 fn flag(col: impl IntoIden) -> ColumnDef {
-    ColumnDef::new(col).boolean().not_null().default(false).to_owned()
+    ColumnDef::new(col)
+        .boolean()
+        .not_null()
+        .default(false)
+        .to_owned()
 }
 
 #[async_trait::async_trait]
@@ -249,7 +257,11 @@ impl MigrationTrait for Migration {
                     .col(text_null(UsageLogs::UserId))
                     .col(text_null(UsageLogs::Model))
                     .col(text(UsageLogs::Route))
-                    .col(ColumnDef::new(UsageLogs::PromptTokens).big_integer().not_null())
+                    .col(
+                        ColumnDef::new(UsageLogs::PromptTokens)
+                            .big_integer()
+                            .not_null(),
+                    )
                     .col(
                         ColumnDef::new(UsageLogs::CompletionTokens)
                             .big_integer()
@@ -259,7 +271,11 @@ impl MigrationTrait for Migration {
                     .col(text(UsageLogs::Status))
                     .col(ColumnDef::new(UsageLogs::HttpStatus).integer().not_null())
                     .col(timestamp(UsageLogs::StartedAt))
-                    .col(ColumnDef::new(UsageLogs::DurationMs).big_integer().not_null())
+                    .col(
+                        ColumnDef::new(UsageLogs::DurationMs)
+                            .big_integer()
+                            .not_null(),
+                    )
                     .to_owned(),
             )
             .await?;

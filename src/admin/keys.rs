@@ -10,9 +10,10 @@ use crate::app::App;
 use crate::auth::Caller;
 use crate::http::AppError;
 use crate::http::extract::{ApiJson, ApiQuery};
-use crate::manage::keys::{DeleteKeys, GenerateKey, IssuedKey, KeyManager, KeyRef, ListKeys, UpdateKey};
+use crate::manage::keys::{
+    DeleteKeys, GenerateKey, IssuedKey, KeyManager, KeyRef, ListKeys, UpdateKey,
+};
 use crate::store::VirtualKey;
-
 
 pub async fn generate(
     State(app): State<Arc<App>>,
@@ -69,7 +70,10 @@ pub async fn regenerate(
     Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<KeyRef>,
 ) -> Result<Json<IssuedKey>, AppError> {
-    KeyManager::new(&app, &caller).regenerate(req).await.map(Json)
+    KeyManager::new(&app, &caller)
+        .regenerate(req)
+        .await
+        .map(Json)
 }
 
 pub async fn block(
@@ -77,7 +81,10 @@ pub async fn block(
     Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<KeyRef>,
 ) -> Result<Json<VirtualKey>, AppError> {
-    KeyManager::new(&app, &caller).set_blocked(req, true).await.map(Json)
+    KeyManager::new(&app, &caller)
+        .set_blocked(req, true)
+        .await
+        .map(Json)
 }
 
 pub async fn unblock(
@@ -85,6 +92,8 @@ pub async fn unblock(
     Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<KeyRef>,
 ) -> Result<Json<VirtualKey>, AppError> {
-    KeyManager::new(&app, &caller).set_blocked(req, false).await.map(Json)
+    KeyManager::new(&app, &caller)
+        .set_blocked(req, false)
+        .await
+        .map(Json)
 }
-

@@ -15,8 +15,8 @@ use axum::response::Response;
 use axum::routing::{MethodRouter, get, post};
 
 use crate::app::App;
-use crate::auth::authorize::{Capability, check_any};
 use crate::auth::authenticate;
+use crate::auth::authorize::{Capability, check_any};
 use crate::http::AppError;
 
 struct AdminRouter {
@@ -41,7 +41,12 @@ impl AdminRouter {
 
 /// Authenticates and checks the route's capability; the [`crate::auth::Caller`] is left
 /// in the request extensions for the handler.
-async fn require(app: Arc<App>, capability: Capability, mut req: Request, next: Next) -> Result<Response, AppError> {
+async fn require(
+    app: Arc<App>,
+    capability: Capability,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, AppError> {
     let caller = authenticate(&app, req.headers()).await?;
     check_any(&caller, capability)?;
     req.extensions_mut().insert(caller);
@@ -54,19 +59,19 @@ pub fn router(app: Arc<App>) -> Router<Arc<App>> {
         router: Router::new(),
         app,
     }
-        .route("/key/generate", KeyWrite, post(keys::generate))
-        .route("/key/update", KeyWrite, post(keys::update))
-        .route("/key/delete", KeyWrite, post(keys::delete))
-        .route("/key/info", KeyRead, get(keys::info))
-        .route("/key/list", KeyRead, get(keys::list))
-        .route("/key/regenerate", KeyWrite, post(keys::regenerate))
-        .route("/key/block", KeyWrite, post(keys::block))
-        .route("/key/unblock", KeyWrite, post(keys::unblock))
-        .route("/team/new", TeamWrite, post(teams::create))
-        .route("/team/update", TeamWrite, post(teams::update))
-        .route("/team/delete", TeamWrite, post(teams::delete))
-        .route("/team/info", TeamRead, get(teams::info))
-        .route("/team/list", TeamRead, get(teams::list))
-        .route("/spend/logs", SpendRead, get(spend::logs))
-        .router
+    .route("/key/generate", KeyWrite, post(keys::generate))
+    .route("/key/update", KeyWrite, post(keys::update))
+    .route("/key/delete", KeyWrite, post(keys::delete))
+    .route("/key/info", KeyRead, get(keys::info))
+    .route("/key/list", KeyRead, get(keys::list))
+    .route("/key/regenerate", KeyWrite, post(keys::regenerate))
+    .route("/key/block", KeyWrite, post(keys::block))
+    .route("/key/unblock", KeyWrite, post(keys::unblock))
+    .route("/team/new", TeamWrite, post(teams::create))
+    .route("/team/update", TeamWrite, post(teams::update))
+    .route("/team/delete", TeamWrite, post(teams::delete))
+    .route("/team/info", TeamRead, get(teams::info))
+    .route("/team/list", TeamRead, get(teams::list))
+    .route("/spend/logs", SpendRead, get(spend::logs))
+    .router
 }

@@ -34,7 +34,9 @@ fn parse_time(field: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>,
         .ok()
         .and_then(|d| d.and_hms_opt(0, 0, 0))
         .map(|t| Some(t.and_utc()))
-        .ok_or_else(|| AppError::invalid(format!("field `{field}` must be a date or RFC 3339 time")))
+        .ok_or_else(|| {
+            AppError::invalid(format!("field `{field}` must be a date or RFC 3339 time"))
+        })
 }
 
 pub async fn logs(
@@ -50,7 +52,9 @@ pub async fn logs(
     check(&caller, Capability::SpendRead, team_scope.as_deref())?;
     let limit = q.limit.unwrap_or(100);
     if limit == 0 || limit > 10_000 {
-        return Err(AppError::invalid("field `limit` must be between 1 and 10000"));
+        return Err(AppError::invalid(
+            "field `limit` must be between 1 and 10000",
+        ));
     }
     let filter = UsageFilter {
         key_id: q.key_id,

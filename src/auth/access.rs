@@ -26,10 +26,11 @@ pub fn check_route(caller: &Caller, path: &str, admin_only: bool) -> Result<(), 
     if admin_only && !caller.is_admin() {
         return Err(AppError::RouteNotAllowed);
     }
-    if let Some(key) = &caller.key {
-        if !key.allowed_routes.is_empty() && !key.allowed_routes.iter().any(|r| route_matches(r, path)) {
-            return Err(AppError::RouteNotAllowed);
-        }
+    if let Some(key) = &caller.key
+        && !key.allowed_routes.is_empty()
+        && !key.allowed_routes.iter().any(|r| route_matches(r, path))
+    {
+        return Err(AppError::RouteNotAllowed);
     }
     Ok(())
 }
@@ -47,10 +48,10 @@ pub fn model_patterns(caller: &Caller) -> Option<&[String]> {
     if caller.is_admin() {
         return None;
     }
-    if let Some(key) = &caller.key {
-        if !key.models.is_empty() {
-            return Some(&key.models);
-        }
+    if let Some(key) = &caller.key
+        && !key.models.is_empty()
+    {
+        return Some(&key.models);
     }
     match &caller.team {
         Some(team) if !team.models.is_empty() => Some(&team.models),
@@ -71,10 +72,12 @@ pub fn check_model(caller: &Caller, model: &str) -> Result<(), AppError> {
 /// Exact match, `name` ≡ `name:latest`, or a trailing `*` wildcard.
 pub fn model_allowed(patterns: &[String], model: &str) -> bool {
     let model = normalize(model);
-    patterns.iter().any(|pattern| match pattern.strip_suffix('*') {
-        Some(prefix) => model.starts_with(prefix),
-        None => normalize(pattern) == model,
-    })
+    patterns
+        .iter()
+        .any(|pattern| match pattern.strip_suffix('*') {
+            Some(prefix) => model.starts_with(prefix),
+            None => normalize(pattern) == model,
+        })
 }
 
 fn normalize(model: &str) -> &str {

@@ -64,7 +64,9 @@ pub fn check(caller: &Caller, capability: Capability, team: Option<&str>) -> Res
 pub fn check_any(caller: &Caller, capability: Capability) -> Result<(), AppError> {
     match caller.role {
         Some(role) if role_grants(role, capability) => Ok(()),
-        _ => Err(AppError::Forbidden("not allowed to perform this action".into())),
+        _ => Err(AppError::Forbidden(
+            "not allowed to perform this action".into(),
+        )),
     }
 }
 

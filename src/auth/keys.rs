@@ -73,11 +73,18 @@ impl KeyResolver {
     pub async fn resolve(&self, hash: &str) -> Result<Option<ResolvedKey>, AppError> {
         let store = self.store.clone();
         let owned = hash.to_string();
-        let key = cached(&self.keys, hash, self.fresh_for, self.stale_for, "key", move || {
-            let store = store.clone();
-            let hash = owned.clone();
-            async move { store.key_by_hash(&hash).await }
-        })
+        let key = cached(
+            &self.keys,
+            hash,
+            self.fresh_for,
+            self.stale_for,
+            "key",
+            move || {
+                let store = store.clone();
+                let hash = owned.clone();
+                async move { store.key_by_hash(&hash).await }
+            },
+        )
         .await?;
         let Some(key) = key else {
             return Ok(None);
@@ -92,11 +99,18 @@ impl KeyResolver {
     pub async fn team(&self, team_id: &str) -> Result<Option<Arc<Team>>, AppError> {
         let store = self.store.clone();
         let owned = team_id.to_string();
-        cached(&self.teams, team_id, self.fresh_for, self.stale_for, "team", move || {
-            let store = store.clone();
-            let id = owned.clone();
-            async move { store.team(&id).await }
-        })
+        cached(
+            &self.teams,
+            team_id,
+            self.fresh_for,
+            self.stale_for,
+            "team",
+            move || {
+                let store = store.clone();
+                let id = owned.clone();
+                async move { store.team(&id).await }
+            },
+        )
         .await
     }
 

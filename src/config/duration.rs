@@ -20,7 +20,9 @@ impl Duration {
 /// Parses `N` (seconds) or `N` followed by one of `s`, `m`, `h`, `d`, `w`.
 pub fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
     let n: u64 = digits.parse().ok()?;
     let factor = match unit {
@@ -43,7 +45,7 @@ impl std::fmt::Display for Duration {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let s = self.0.as_secs();
         for (unit, size) in [("w", 7 * 86_400), ("d", 86_400), ("h", 3_600), ("m", 60)] {
-            if s % size == 0 {
+            if s.is_multiple_of(size) {
                 return write!(f, "{}{unit}", s / size);
             }
         }
@@ -90,7 +92,16 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for bad in ["", "s", "1y", "-1h", "0s", "1.5h", "h1", "99999999999999999999d"] {
+        for bad in [
+            "",
+            "s",
+            "1y",
+            "-1h",
+            "0s",
+            "1.5h",
+            "h1",
+            "99999999999999999999d",
+        ] {
             assert!(parse_duration(bad).is_none(), "{bad} should be rejected");
         }
     }

@@ -69,7 +69,10 @@ mod tests {
 
     #[test]
     fn unset_without_default_names_the_variable() {
-        assert_eq!(expand_str("${MISSING}", &env(&[])), Err("MISSING".to_string()));
+        assert_eq!(
+            expand_str("${MISSING}", &env(&[])),
+            Err("MISSING".to_string())
+        );
     }
 
     #[test]

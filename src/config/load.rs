@@ -39,10 +39,12 @@ pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         .map(Path::to_path_buf)
         .or_else(|| env.get("TOLLGATE_CONFIG").map(PathBuf::from));
     let text = match &path {
-        Some(p) => Some(std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
-            path: p.clone(),
-            source,
-        })?),
+        Some(p) => Some(
+            std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: p.clone(),
+                source,
+            })?,
+        ),
         None => None,
     };
     load_from(text.as_deref(), &env)
@@ -174,33 +176,55 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
         .listen
         .parse::<std::net::SocketAddr>()
         .map_err(|_| invalid("server.listen", "must be an address like 127.0.0.1:4000"))?;
-    if let Some(key) = &c.server.master_key {
-        if !key.expose().is_empty() && key.expose().len() < 16 {
-            return Err(invalid("server.master_key", "must be at least 16 characters"));
-        }
+    if let Some(key) = &c.server.master_key
+        && !key.expose().is_empty()
+        && key.expose().len() < 16
+    {
+        return Err(invalid(
+            "server.master_key",
+            "must be at least 16 characters",
+        ));
     }
     if c.server.max_body_bytes == 0 {
         return Err(invalid("server.max_body_bytes", "must be greater than 0"));
     }
     if c.server.request_timeout_s == 0 {
-        return Err(invalid("server.request_timeout_s", "must be greater than 0"));
+        return Err(invalid(
+            "server.request_timeout_s",
+            "must be greater than 0",
+        ));
     }
     let db = c.database.url.expose();
-    if !(db.starts_with("sqlite:") || db.starts_with("postgres://") || db.starts_with("postgresql://")) {
-        return Err(invalid("database.url", "must start with sqlite: or postgres://"));
+    if !(db.starts_with("sqlite:")
+        || db.starts_with("postgres://")
+        || db.starts_with("postgresql://"))
+    {
+        return Err(invalid(
+            "database.url",
+            "must start with sqlite: or postgres://",
+        ));
     }
     if c.database.max_connections == 0 {
-        return Err(invalid("database.max_connections", "must be greater than 0"));
+        return Err(invalid(
+            "database.max_connections",
+            "must be greater than 0",
+        ));
     }
     if let Some(url) = &c.redis.url {
         let u = url.expose();
         if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
-            return Err(invalid("redis.url", "must start with redis:// or rediss://"));
+            return Err(invalid(
+                "redis.url",
+                "must start with redis:// or rediss://",
+            ));
         }
     }
     check_http_url("upstream.url", &c.upstream.url)?;
     if c.upstream.connect_timeout_s == 0 {
-        return Err(invalid("upstream.connect_timeout_s", "must be greater than 0"));
+        return Err(invalid(
+            "upstream.connect_timeout_s",
+            "must be greater than 0",
+        ));
     }
     let prices = std::iter::once(("pricing.default".to_string(), c.pricing.default)).chain(
         c.pricing
@@ -217,7 +241,10 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
         if !ALLOWED_ALGORITHMS.contains(&alg.as_str()) {
             return Err(invalid(
                 "jwt.algorithms",
-                format!("`{alg}` is not allowed (asymmetric algorithms only: {})", ALLOWED_ALGORITHMS.join(", ")),
+                format!(
+                    "`{alg}` is not allowed (asymmetric algorithms only: {})",
+                    ALLOWED_ALGORITHMS.join(", ")
+                ),
             ));
         }
     }
@@ -225,12 +252,18 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
         check_http_url("jwt.jwks_urls", url)?;
     }
     if c.jwt.enabled && c.jwt.jwks_urls.is_empty() && c.jwt.public_keys.is_empty() {
-        return Err(invalid("jwt.jwks_urls", "jwt.enabled needs jwks_urls or public_keys"));
+        return Err(invalid(
+            "jwt.jwks_urls",
+            "jwt.enabled needs jwks_urls or public_keys",
+        ));
     }
-    if let Some(budget) = c.jwt.auto_register.max_budget {
-        if !(budget.is_finite() && budget >= 0.0) {
-            return Err(invalid("jwt.auto_register.max_budget", "must be non-negative"));
-        }
+    if let Some(budget) = c.jwt.auto_register.max_budget
+        && !(budget.is_finite() && budget >= 0.0)
+    {
+        return Err(invalid(
+            "jwt.auto_register.max_budget",
+            "must be non-negative",
+        ));
     }
     if let Some(url) = &c.auth_webhook.url {
         check_http_url("auth_webhook.url", url)?;
@@ -311,7 +344,10 @@ mod tests {
             &env(&[("MK", "0123456789abcdefXYZ"), ("PORT", "4100")]),
         )
         .expect("valid");
-        assert_eq!(c.server.master_key.as_ref().map(|k| k.expose()), Some("0123456789abcdefXYZ"));
+        assert_eq!(
+            c.server.master_key.as_ref().map(|k| k.expose()),
+            Some("0123456789abcdefXYZ")
+        );
         assert_eq!(c.server.shutdown_grace_s, 7);
         assert_eq!(c.server.listen, "127.0.0.1:4100");
     }
@@ -358,9 +394,15 @@ mod tests {
 
     #[test]
     fn durations_parse_and_reject() {
-        let c = load_from(Some("jwt:\n  auto_register:\n    budget_duration: 30d\n"), &env(&[]))
-            .expect("valid");
-        assert_eq!(c.jwt.auto_register.budget_duration.map(|d| d.as_secs()), Some(30 * 86_400));
+        let c = load_from(
+            Some("jwt:\n  auto_register:\n    budget_duration: 30d\n"),
+            &env(&[]),
+        )
+        .expect("valid");
+        assert_eq!(
+            c.jwt.auto_register.budget_duration.map(|d| d.as_secs()),
+            Some(30 * 86_400)
+        );
         let e = err("jwt:\n  auto_register:\n    duration: fortnight\n");
         assert!(e.contains("jwt.auto_register.duration"), "{e}");
     }
@@ -368,7 +410,10 @@ mod tests {
     #[test]
     fn example_config_is_valid() {
         let text = include_str!("../../config.example.yaml");
-        let c = load_from(Some(text), &env(&[("TOLLGATE_MASTER_KEY", "sk-master-0123456789abcdef")]));
+        let c = load_from(
+            Some(text),
+            &env(&[("TOLLGATE_MASTER_KEY", "sk-master-0123456789abcdef")]),
+        );
         assert!(c.is_ok(), "{:?}", c.err());
     }
 }

@@ -21,7 +21,9 @@ where
     type Rejection = AppError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, AppError> {
-        let bytes = Bytes::from_request(req, state).await.map_err(body_rejection)?;
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(body_rejection)?;
         parse_json(&bytes).map(ApiJson)
     }
 }
@@ -76,7 +78,10 @@ fn describe_json_error(err: serde_path_to_error::Error<serde_json::Error>) -> Ap
     }
     // Custom validation messages are ours and safe to show; serde's type messages name
     // Rust types, so those are summarised.
-    if text.starts_with("invalid type") || text.starts_with("invalid value") || text.starts_with("invalid length") {
+    if text.starts_with("invalid type")
+        || text.starts_with("invalid value")
+        || text.starts_with("invalid length")
+    {
         AppError::invalid(format!("field `{path}` has an invalid value or type"))
     } else {
         AppError::invalid(format!("field `{path}`: {text}"))

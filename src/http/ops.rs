@@ -22,10 +22,10 @@ pub async fn readyz(State(app): State<Arc<App>>) -> Response {
     if app.store.ping().await.is_err() {
         failed.push("database");
     }
-    if let Some(redis) = &app.redis {
-        if redis.ping().await.is_err() {
-            failed.push("redis");
-        }
+    if let Some(redis) = &app.redis
+        && redis.ping().await.is_err()
+    {
+        failed.push("redis");
     }
     if failed.is_empty() {
         Json(json!({"status": "ready"})).into_response()

@@ -26,7 +26,10 @@ pub fn build(app: Arc<App>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(CatchPanicLayer::custom(panic_response))
-        .layer(axum::middleware::from_fn_with_state(trusted, request_id::assign))
+        .layer(axum::middleware::from_fn_with_state(
+            trusted,
+            request_id::assign,
+        ))
         .with_state(app)
 }
 

@@ -118,23 +118,27 @@ pub fn page(page: Option<u64>, size: Option<u64>) -> Result<Page, AppError> {
 
 fn check_budget(value: Option<f64>) -> Result<(), AppError> {
     match value {
-        Some(b) if !(b.is_finite() && b >= 0.0) => {
-            Err(AppError::invalid("field `max_budget` must be a non-negative number"))
-        }
+        Some(b) if !(b.is_finite() && b >= 0.0) => Err(AppError::invalid(
+            "field `max_budget` must be a non-negative number",
+        )),
         _ => Ok(()),
     }
 }
 
 fn check_routes(routes: &[String]) -> Result<(), AppError> {
     if routes.iter().any(|r| !r.starts_with('/')) {
-        return Err(AppError::invalid("field `allowed_routes` entries must start with `/`"));
+        return Err(AppError::invalid(
+            "field `allowed_routes` entries must start with `/`",
+        ));
     }
     Ok(())
 }
 
 fn check_models(models: &[String]) -> Result<(), AppError> {
     if models.iter().any(|m| m.trim().is_empty()) {
-        return Err(AppError::invalid("field `models` must not contain empty names"));
+        return Err(AppError::invalid(
+            "field `models` must not contain empty names",
+        ));
     }
     Ok(())
 }
@@ -165,10 +169,12 @@ impl<'a> KeyManager<'a> {
     }
 
     async fn ensure_team(&self, team_id: Option<&str>) -> Result<(), AppError> {
-        if let Some(team) = team_id {
-            if self.app.store.team(team).await?.is_none() {
-                return Err(AppError::invalid(format!("field `team_id`: team `{team}` does not exist")));
-            }
+        if let Some(team) = team_id
+            && self.app.store.team(team).await?.is_none()
+        {
+            return Err(AppError::invalid(format!(
+                "field `team_id`: team `{team}` does not exist"
+            )));
         }
         Ok(())
     }
@@ -210,7 +216,13 @@ impl<'a> KeyManager<'a> {
         let info = self
             .app
             .store
-            .insert_key(&key_id, &hash, &secrets::display_name(&key), fields, Some(self.caller.label.to_string()))
+            .insert_key(
+                &key_id,
+                &hash,
+                &secrets::display_name(&key),
+                fields,
+                Some(self.caller.label.to_string()),
+            )
             .await?;
         self.app.keys.invalidate_key(&hash).await;
         tracing::info!(key_id = %info.key_id, by = %self.caller.label, "key created");
@@ -218,7 +230,11 @@ impl<'a> KeyManager<'a> {
     }
 
     /// Finds the key named by `key` or `key_id`; 404 when it does not exist.
-    pub async fn find(&self, key: Option<&str>, key_id: Option<&str>) -> Result<VirtualKey, AppError> {
+    pub async fn find(
+        &self,
+        key: Option<&str>,
+        key_id: Option<&str>,
+    ) -> Result<VirtualKey, AppError> {
         let found = match (key, key_id) {
             (_, Some(id)) => self.app.store.key_by_id(id).await?,
             (Some(k), None) => self.app.store.key_by_hash(&secrets::hash_secret(k)).await?,
@@ -227,7 +243,11 @@ impl<'a> KeyManager<'a> {
         found.ok_or_else(|| AppError::NotFound("key not found".into()))
     }
 
-    pub async fn info(&self, key: Option<&str>, key_id: Option<&str>) -> Result<VirtualKey, AppError> {
+    pub async fn info(
+        &self,
+        key: Option<&str>,
+        key_id: Option<&str>,
+    ) -> Result<VirtualKey, AppError> {
         let found = self.find(key, key_id).await?;
         check(self.caller, Capability::KeyRead, found.team_id.as_deref())?;
         Ok(found)
@@ -235,7 +255,11 @@ impl<'a> KeyManager<'a> {
 
     pub async fn update(&self, req: UpdateKey) -> Result<VirtualKey, AppError> {
         let existing = self.find(req.key.as_deref(), req.key_id.as_deref()).await?;
-        check(self.caller, Capability::KeyWrite, existing.team_id.as_deref())?;
+        check(
+            self.caller,
+            Capability::KeyWrite,
+            existing.team_id.as_deref(),
+        )?;
         let mut f = fields_of(&existing);
         if let Some(v) = req.key_alias {
             f.key_alias = v;
@@ -288,7 +312,11 @@ impl<'a> KeyManager<'a> {
         self.save(&existing, &f).await
     }
 
-    async fn save(&self, existing: &VirtualKey, fields: &KeyFields) -> Result<VirtualKey, AppError> {
+    async fn save(
+        &self,
+        existing: &VirtualKey,
+        fields: &KeyFields,
+    ) -> Result<VirtualKey, AppError> {
         let updated = self
             .app
             .store
@@ -299,17 +327,33 @@ impl<'a> KeyManager<'a> {
         Ok(updated)
     }
 
-    pub async fn set_blocked(&self, key_ref: KeyRef, blocked: bool) -> Result<VirtualKey, AppError> {
-        let existing = self.find(key_ref.key.as_deref(), key_ref.key_id.as_deref()).await?;
-        check(self.caller, Capability::KeyWrite, existing.team_id.as_deref())?;
+    pub async fn set_blocked(
+        &self,
+        key_ref: KeyRef,
+        blocked: bool,
+    ) -> Result<VirtualKey, AppError> {
+        let existing = self
+            .find(key_ref.key.as_deref(), key_ref.key_id.as_deref())
+            .await?;
+        check(
+            self.caller,
+            Capability::KeyWrite,
+            existing.team_id.as_deref(),
+        )?;
         let mut f = fields_of(&existing);
         f.blocked = blocked;
         self.save(&existing, &f).await
     }
 
     pub async fn regenerate(&self, key_ref: KeyRef) -> Result<IssuedKey, AppError> {
-        let existing = self.find(key_ref.key.as_deref(), key_ref.key_id.as_deref()).await?;
-        check(self.caller, Capability::KeyWrite, existing.team_id.as_deref())?;
+        let existing = self
+            .find(key_ref.key.as_deref(), key_ref.key_id.as_deref())
+            .await?;
+        check(
+            self.caller,
+            Capability::KeyWrite,
+            existing.team_id.as_deref(),
+        )?;
         let key = secrets::mint_key();
         let hash = secrets::hash_secret(&key);
         let info = self
@@ -329,11 +373,17 @@ impl<'a> KeyManager<'a> {
         for k in plain {
             targets.push(self.find(Some(&k), None).await?);
         }
-        for id in req.key_id.into_iter().chain(req.key_ids.unwrap_or_default()) {
+        for id in req
+            .key_id
+            .into_iter()
+            .chain(req.key_ids.unwrap_or_default())
+        {
             targets.push(self.find(None, Some(&id)).await?);
         }
         if targets.is_empty() {
-            return Err(AppError::invalid("missing field `keys`, `key_ids`, `key` or `key_id`"));
+            return Err(AppError::invalid(
+                "missing field `keys`, `key_ids`, `key` or `key_id`",
+            ));
         }
         for key in &targets {
             check(self.caller, Capability::KeyWrite, key.team_id.as_deref())?;
@@ -353,7 +403,11 @@ impl<'a> KeyManager<'a> {
             q.team_id
         } else {
             let own = self.caller.team_id.clone();
-            check(self.caller, Capability::KeyRead, q.team_id.as_deref().or(own.as_deref()))?;
+            check(
+                self.caller,
+                Capability::KeyRead,
+                q.team_id.as_deref().or(own.as_deref()),
+            )?;
             own
         };
         let filter = KeyFilter {

@@ -79,13 +79,17 @@ fn check_team_id(id: &str) -> Result<(), AppError> {
 }
 
 fn validate(fields: &TeamFields) -> Result<(), AppError> {
-    if let Some(b) = fields.max_budget {
-        if !(b.is_finite() && b >= 0.0) {
-            return Err(AppError::invalid("field `max_budget` must be a non-negative number"));
-        }
+    if let Some(b) = fields.max_budget
+        && !(b.is_finite() && b >= 0.0)
+    {
+        return Err(AppError::invalid(
+            "field `max_budget` must be a non-negative number",
+        ));
     }
     if fields.models.iter().any(|m| m.trim().is_empty()) {
-        return Err(AppError::invalid("field `models` must not contain empty names"));
+        return Err(AppError::invalid(
+            "field `models` must not contain empty names",
+        ));
     }
     if !fields.metadata.is_object() {
         return Err(AppError::invalid("field `metadata` must be an object"));
@@ -105,7 +109,9 @@ impl<'a> TeamManager<'a> {
 
     pub async fn create(&self, req: NewTeam) -> Result<Team, AppError> {
         check(self.caller, Capability::TeamWrite, None)?;
-        let team_id = req.team_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let team_id = req
+            .team_id
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         check_team_id(&team_id)?;
         let fields = TeamFields {
             team_alias: req.team_alias,
@@ -119,10 +125,17 @@ impl<'a> TeamManager<'a> {
             metadata: req.metadata.unwrap_or_else(|| serde_json::json!({})),
         };
         validate(&fields)?;
-        let team = self.app.store.insert_team(&team_id, &fields).await.map_err(|e| match e {
-            crate::store::StoreError::Conflict => AppError::Conflict(format!("team `{team_id}` already exists")),
-            other => other.into(),
-        })?;
+        let team = self
+            .app
+            .store
+            .insert_team(&team_id, &fields)
+            .await
+            .map_err(|e| match e {
+                crate::store::StoreError::Conflict => {
+                    AppError::Conflict(format!("team `{team_id}` already exists"))
+                }
+                other => other.into(),
+            })?;
         self.app.keys.invalidate_team(&team_id).await;
         Ok(team)
     }

@@ -29,17 +29,29 @@ pub struct UsageTicket {
     pub http_status: u16,
     pub started_at: chrono::DateTime<chrono::Utc>,
     pub started: Instant,
+    /// The limiter's claim, settled with the real usage when the request ends.
+    pub permit: Option<crate::limits::LocalPermit>,
+    /// Set once the row is recorded; a ticket dropped before that records `cancelled`.
+    pub recorded: bool,
 }
 
 impl UsageTicket {
     /// Records the row (and logs the request line).
-    pub fn finish(self, status: &'static str, tokens: Tokens) {
+    pub fn finish(&mut self, status: &'static str, tokens: Tokens) {
+        if std::mem::replace(&mut self.recorded, true) {
+            return;
+        }
         let model = self.model.as_deref().unwrap_or("");
         let spend = self
             .app
             .config
             .pricing
             .cost(model, tokens.prompt, tokens.completion);
+        if let Some(permit) = self.permit.take() {
+            self.app
+                .limiter
+                .settle(permit, tokens.prompt + tokens.completion, spend);
+        }
         let duration = self.started.elapsed();
         metrics::histogram!(crate::telemetry::REQUEST_SECONDS, "route" => self.route)
             .record(duration.as_secs_f64());
@@ -59,10 +71,10 @@ impl UsageTicket {
         );
         self.app.spend.record(UsageRow {
             request_id: self.request_id.to_string(),
-            key_id: self.key_id,
-            team_id: self.team_id,
-            user_id: self.user_id,
-            model: self.model,
+            key_id: self.key_id.take(),
+            team_id: self.team_id.take(),
+            user_id: self.user_id.take(),
+            model: self.model.take(),
             route: self.route.to_string(),
             prompt_tokens: tokens.prompt,
             completion_tokens: tokens.completion,
@@ -75,12 +87,19 @@ impl UsageTicket {
     }
 }
 
+impl Drop for UsageTicket {
+    fn drop(&mut self) {
+        // The caller left while the request was still being sent upstream.
+        self.finish("cancelled", Tokens::default());
+    }
+}
+
 type Upstream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
 
 pub struct MeteredBody {
     upstream: Upstream,
     scanner: Scanner,
-    ticket: Option<UsageTicket>,
+    ticket: UsageTicket,
     cancelled: BoxFuture<'static, ()>,
     _in_flight: InFlightGuard,
 }
@@ -96,16 +115,14 @@ impl MeteredBody {
         Self {
             upstream,
             scanner,
-            ticket: Some(ticket),
+            ticket,
             cancelled,
             _in_flight: in_flight,
         }
     }
 
     fn finish(&mut self, status: &'static str) {
-        if let Some(ticket) = self.ticket.take() {
-            ticket.finish(status, self.scanner.tokens);
-        }
+        self.ticket.finish(status, self.scanner.tokens);
     }
 }
 
@@ -114,7 +131,7 @@ impl Stream for MeteredBody {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        if this.ticket.is_none() {
+        if this.ticket.recorded {
             return Poll::Ready(None);
         }
         if this.cancelled.as_mut().poll(cx).is_ready() {

@@ -76,17 +76,16 @@ pub fn inspect(
         Kind::NativeGenerate => probe.stream.unwrap_or(true),
         _ => probe.stream.unwrap_or(false),
     };
-    if !is_admin {
-        if let (Some(max), Some(asked)) = (
+    if !is_admin
+        && let (Some(max), Some(asked)) = (
             policy.max_num_ctx,
             probe.options.as_ref().and_then(|o| o.num_ctx),
-        ) {
-            if asked > max {
-                return Err(AppError::invalid(format!(
-                    "options.num_ctx {asked} exceeds the allowed maximum of {max}"
-                )));
-            }
-        }
+        )
+        && asked > max
+    {
+        return Err(AppError::invalid(format!(
+            "options.num_ctx {asked} exceeds the allowed maximum of {max}"
+        )));
     }
     let output_bound = probe
         .options
@@ -125,7 +124,11 @@ pub fn inspect(
             serde_json::Value::Object(o) => {
                 o.insert("include_usage".into(), serde_json::Value::Bool(true));
             }
-            _ => return Err(AppError::invalid("field `stream_options` must be an object")),
+            _ => {
+                return Err(AppError::invalid(
+                    "field `stream_options` must be an object",
+                ));
+            }
         }
     }
     let rewritten = serde_json::to_vec(&object).map_err(AppError::internal)?;
@@ -141,30 +144,51 @@ mod tests {
     }
 
     fn run(kind: Kind, body: &str, admin: bool) -> (RequestFacts, serde_json::Value) {
-        let (facts, out) = inspect(kind, Bytes::from(body.to_string()), admin, &policy()).expect("ok");
+        let (facts, out) =
+            inspect(kind, Bytes::from(body.to_string()), admin, &policy()).expect("ok");
         (facts, serde_json::from_slice(&out).expect("json"))
     }
 
     #[test]
     fn native_chat_streams_by_default() {
-        let (facts, _) = run(Kind::NativeGenerate, r#"{"model":"m","messages":[]}"#, false);
+        let (facts, _) = run(
+            Kind::NativeGenerate,
+            r#"{"model":"m","messages":[]}"#,
+            false,
+        );
         assert!(facts.stream);
         assert_eq!(facts.model.as_deref(), Some("m"));
-        let (facts, _) = run(Kind::NativeGenerate, r#"{"model":"m","stream":false}"#, false);
+        let (facts, _) = run(
+            Kind::NativeGenerate,
+            r#"{"model":"m","stream":false}"#,
+            false,
+        );
         assert!(!facts.stream);
     }
 
     #[test]
     fn keep_alive_is_removed_for_tenants_but_kept_for_admins() {
-        let (_, body) = run(Kind::NativeGenerate, r#"{"model":"m","keep_alive":0}"#, false);
+        let (_, body) = run(
+            Kind::NativeGenerate,
+            r#"{"model":"m","keep_alive":0}"#,
+            false,
+        );
         assert!(body.get("keep_alive").is_none());
-        let (_, body) = run(Kind::NativeGenerate, r#"{"model":"m","keep_alive":0}"#, true);
+        let (_, body) = run(
+            Kind::NativeGenerate,
+            r#"{"model":"m","keep_alive":0}"#,
+            true,
+        );
         assert_eq!(body["keep_alive"], 0);
     }
 
     #[test]
     fn streaming_openai_asks_for_usage() {
-        let (facts, body) = run(Kind::OpenAiCompletion, r#"{"model":"m","stream":true}"#, false);
+        let (facts, body) = run(
+            Kind::OpenAiCompletion,
+            r#"{"model":"m","stream":true}"#,
+            false,
+        );
         assert!(!facts.client_wants_usage);
         assert_eq!(body["stream_options"]["include_usage"], true);
         let (facts, _) = run(
@@ -186,17 +210,34 @@ mod tests {
 
     #[test]
     fn output_bounds_are_read() {
-        let (f, _) = run(Kind::NativeGenerate, r#"{"model":"m","options":{"num_predict":64}}"#, false);
+        let (f, _) = run(
+            Kind::NativeGenerate,
+            r#"{"model":"m","options":{"num_predict":64}}"#,
+            false,
+        );
         assert_eq!(f.output_bound, Some(64));
-        let (f, _) = run(Kind::OpenAiCompletion, r#"{"model":"m","max_tokens":32}"#, false);
+        let (f, _) = run(
+            Kind::OpenAiCompletion,
+            r#"{"model":"m","max_tokens":32}"#,
+            false,
+        );
         assert_eq!(f.output_bound, Some(32));
-        let (f, _) = run(Kind::OpenAiCompletion, r#"{"model":"m","max_completion_tokens":16}"#, false);
+        let (f, _) = run(
+            Kind::OpenAiCompletion,
+            r#"{"model":"m","max_completion_tokens":16}"#,
+            false,
+        );
         assert_eq!(f.output_bound, Some(16));
     }
 
     #[test]
     fn malformed_json_is_a_400() {
-        let err = inspect(Kind::NativeGenerate, Bytes::from_static(b"{nope"), false, &policy());
+        let err = inspect(
+            Kind::NativeGenerate,
+            Bytes::from_static(b"{nope"),
+            false,
+            &policy(),
+        );
         assert!(matches!(err, Err(AppError::InvalidRequest(_))));
     }
 }

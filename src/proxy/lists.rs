@@ -9,8 +9,15 @@ use crate::http::AppError;
 /// Lists are small; anything bigger than this is not a model list.
 const MAX_LIST_BYTES: usize = 16 * 1024 * 1024;
 
-pub async fn filtered(upstream: reqwest::Response, kind: Kind, patterns: &[String]) -> Result<Response, AppError> {
-    let body = upstream.bytes().await.map_err(|_| AppError::UpstreamError)?;
+pub async fn filtered(
+    upstream: reqwest::Response,
+    kind: Kind,
+    patterns: &[String],
+) -> Result<Response, AppError> {
+    let body = upstream
+        .bytes()
+        .await
+        .map_err(|_| AppError::UpstreamError)?;
     if body.len() > MAX_LIST_BYTES {
         return Err(AppError::UpstreamError);
     }

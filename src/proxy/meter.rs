@@ -138,7 +138,11 @@ impl Scanner {
             }
             Framing::Events { hide_usage_chunk } => {
                 let rest = std::mem::take(&mut self.buf);
-                if hide_usage_chunk { rest.freeze() } else { Bytes::new() }
+                if hide_usage_chunk {
+                    rest.freeze()
+                } else {
+                    Bytes::new()
+                }
             }
         }
     }
@@ -182,10 +186,7 @@ impl Scanner {
     /// `filtering`, else an empty buffer.
     fn take_events(&mut self, filtering: bool) -> Bytes {
         let mut out = BytesMut::new();
-        loop {
-            let Some((end, sep)) = find_event_end(&self.buf) else {
-                break;
-            };
+        while let Some((end, sep)) = find_event_end(&self.buf) {
             let event = self.buf.split_to(end + sep);
             let keep = self.read_event(&event[..end]);
             if filtering && keep {
@@ -295,7 +296,13 @@ mod tests {
                 "ue,\"prompt_eval_count\":7,\"eval_count\":3}\n",
             ],
         );
-        assert_eq!(s.tokens, Tokens { prompt: 7, completion: 3 });
+        assert_eq!(
+            s.tokens,
+            Tokens {
+                prompt: 7,
+                completion: 3
+            }
+        );
         assert!(out.ends_with("\"eval_count\":3}\n"));
     }
 
@@ -303,12 +310,20 @@ mod tests {
     fn ndjson_missing_count_is_zero() {
         let mut s = Scanner::new(Framing::Lines);
         feed_all(&mut s, &["{\"done\":true,\"eval_count\":4}"]);
-        assert_eq!(s.tokens, Tokens { prompt: 0, completion: 4 });
+        assert_eq!(
+            s.tokens,
+            Tokens {
+                prompt: 0,
+                completion: 4
+            }
+        );
     }
 
     #[test]
     fn sse_usage_chunk_hidden_when_not_requested() {
-        let mut s = Scanner::new(Framing::Events { hide_usage_chunk: true });
+        let mut s = Scanner::new(Framing::Events {
+            hide_usage_chunk: true,
+        });
         let out = feed_all(
             &mut s,
             &[
@@ -317,7 +332,13 @@ mod tests {
                 "\"completion_tokens\":2}}\n\ndata: [DONE]\n\n",
             ],
         );
-        assert_eq!(s.tokens, Tokens { prompt: 5, completion: 2 });
+        assert_eq!(
+            s.tokens,
+            Tokens {
+                prompt: 5,
+                completion: 2
+            }
+        );
         assert!(!out.contains("usage"), "{out}");
         assert!(out.contains("[DONE]"));
         assert!(s.saw_end);
@@ -325,10 +346,14 @@ mod tests {
 
     #[test]
     fn sse_usage_chunk_kept_when_requested() {
-        let mut s = Scanner::new(Framing::Events { hide_usage_chunk: false });
+        let mut s = Scanner::new(Framing::Events {
+            hide_usage_chunk: false,
+        });
         let out = feed_all(
             &mut s,
-            &["data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n"],
+            &[
+                "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n",
+            ],
         );
         assert!(out.contains("usage"));
         assert_eq!(s.tokens.completion, 2);
@@ -336,7 +361,9 @@ mod tests {
 
     #[test]
     fn anthropic_style_events() {
-        let mut s = Scanner::new(Framing::Events { hide_usage_chunk: false });
+        let mut s = Scanner::new(Framing::Events {
+            hide_usage_chunk: false,
+        });
         feed_all(
             &mut s,
             &[
@@ -344,26 +371,63 @@ mod tests {
                 "event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":4}}\n\n",
             ],
         );
-        assert_eq!(s.tokens, Tokens { prompt: 9, completion: 4 });
+        assert_eq!(
+            s.tokens,
+            Tokens {
+                prompt: 9,
+                completion: 4
+            }
+        );
     }
 
     #[test]
     fn responses_api_completed_event() {
-        let mut s = Scanner::new(Framing::Events { hide_usage_chunk: false });
+        let mut s = Scanner::new(Framing::Events {
+            hide_usage_chunk: false,
+        });
         feed_all(
             &mut s,
-            &["event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"usage\":{\"input_tokens\":3,\"output_tokens\":6}}}\n\n"],
+            &[
+                "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"usage\":{\"input_tokens\":3,\"output_tokens\":6}}}\n\n",
+            ],
         );
-        assert_eq!(s.tokens, Tokens { prompt: 3, completion: 6 });
+        assert_eq!(
+            s.tokens,
+            Tokens {
+                prompt: 3,
+                completion: 6
+            }
+        );
     }
 
     #[test]
     fn whole_body_usage() {
         let mut s = Scanner::new(Framing::Whole);
-        feed_all(&mut s, &["{\"usage\":{\"prompt_tokens\":1,", "\"completion_tokens\":2}}"]);
-        assert_eq!(s.tokens, Tokens { prompt: 1, completion: 2 });
+        feed_all(
+            &mut s,
+            &[
+                "{\"usage\":{\"prompt_tokens\":1,",
+                "\"completion_tokens\":2}}",
+            ],
+        );
+        assert_eq!(
+            s.tokens,
+            Tokens {
+                prompt: 1,
+                completion: 2
+            }
+        );
         let mut s = Scanner::new(Framing::Whole);
-        feed_all(&mut s, &["{\"embeddings\":[[0.1]],\"prompt_eval_count\":12}"]);
-        assert_eq!(s.tokens, Tokens { prompt: 12, completion: 0 });
+        feed_all(
+            &mut s,
+            &["{\"embeddings\":[[0.1]],\"prompt_eval_count\":12}"],
+        );
+        assert_eq!(
+            s.tokens,
+            Tokens {
+                prompt: 12,
+                completion: 0
+            }
+        );
     }
 }

@@ -28,6 +28,7 @@ use crate::config::Config;
 use crate::http::AppError;
 use crate::http::extract::body_rejection;
 use crate::http::request_id::RequestId;
+use crate::limits::{Demand, LocalPermit, Subject};
 
 /// The pooled HTTP client for Ollama and its base URL.
 pub struct Upstream {
@@ -96,7 +97,11 @@ const FORWARDED_REQUEST_HEADERS: &[HeaderName] =
     &[header::CONTENT_TYPE, header::ACCEPT, header::USER_AGENT];
 
 /// Handles one proxied request.
-pub async fn forward(app: Arc<App>, spec: &'static RouteSpec, req: Request) -> Result<Response, AppError> {
+pub async fn forward(
+    app: Arc<App>,
+    spec: &'static RouteSpec,
+    req: Request,
+) -> Result<Response, AppError> {
     let started = Instant::now();
     let started_at = chrono::Utc::now();
     let caller = auth::authenticate(&app, req.headers()).await?;
@@ -117,8 +122,12 @@ pub async fn forward(app: Arc<App>, spec: &'static RouteSpec, req: Request) -> R
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| req.uri().path().to_string());
-    let path_model = (spec.kind == Kind::OpenAiModel)
-        .then(|| req.uri().path().trim_start_matches("/v1/models/").to_string());
+    let path_model = (spec.kind == Kind::OpenAiModel).then(|| {
+        req.uri()
+            .path()
+            .trim_start_matches("/v1/models/")
+            .to_string()
+    });
     let mut headers = HeaderMap::new();
     for name in FORWARDED_REQUEST_HEADERS {
         if let Some(v) = req.headers().get(name) {
@@ -129,7 +138,9 @@ pub async fn forward(app: Arc<App>, spec: &'static RouteSpec, req: Request) -> R
         headers.insert(crate::http::request_id::HEADER, v);
     }
 
-    let body = Bytes::from_request(req, &()).await.map_err(body_rejection)?;
+    let body = Bytes::from_request(req, &())
+        .await
+        .map_err(body_rejection)?;
     let json_body = !matches!(spec.kind, Kind::Plain) && !body.is_empty();
     let (facts, body) = if json_body {
         inspect::inspect(spec.kind, body, caller.is_admin(), &app.config.upstream)?
@@ -141,18 +152,8 @@ pub async fn forward(app: Arc<App>, spec: &'static RouteSpec, req: Request) -> R
         access::check_model(&caller, m)?;
     }
 
-    let url = format!("{}{}", app.upstream.base, path_and_query);
-    let upstream_started = Instant::now();
-    let sent = app
-        .upstream
-        .client
-        .request(method, url)
-        .headers(headers)
-        .body(body)
-        .send()
-        .await;
-    metrics::histogram!(crate::telemetry::UPSTREAM_SECONDS, "route" => spec.path)
-        .record(upstream_started.elapsed().as_secs_f64());
+    // Checks 5–7: budget, rate, parallel. Refused requests consume nothing.
+    let permit = admit(&app, &caller, &facts, model.as_deref())?;
 
     let mut ticket = UsageTicket {
         app: app.clone(),
@@ -166,7 +167,22 @@ pub async fn forward(app: Arc<App>, spec: &'static RouteSpec, req: Request) -> R
         http_status: 0,
         started_at,
         started,
+        permit,
+        recorded: false,
     };
+    let url = format!("{}{}", app.upstream.base, path_and_query);
+    let upstream_started = Instant::now();
+    let sent = app
+        .upstream
+        .client
+        .request(method, url)
+        .headers(headers)
+        .body(body)
+        .send()
+        .await;
+    metrics::histogram!(crate::telemetry::UPSTREAM_SECONDS, "route" => spec.path)
+        .record(upstream_started.elapsed().as_secs_f64());
+
     let upstream = match sent {
         Ok(r) => r,
         Err(e) => {
@@ -193,7 +209,10 @@ pub async fn forward(app: Arc<App>, spec: &'static RouteSpec, req: Request) -> R
     let patterns = access::model_patterns(&caller).map(<[String]>::to_vec);
     if let (Some(patterns), Kind::NativeList | Kind::OpenAiList) = (&patterns, spec.kind) {
         let response = lists::filtered(upstream, spec.kind, patterns).await;
-        ticket.finish(if response.is_ok() { "success" } else { "error" }, Default::default());
+        ticket.finish(
+            if response.is_ok() { "success" } else { "error" },
+            Default::default(),
+        );
         return response;
     }
 
@@ -216,6 +235,57 @@ pub async fn forward(app: Arc<App>, spec: &'static RouteSpec, req: Request) -> R
     response
         .body(Body::from_stream(metered))
         .map_err(AppError::internal)
+}
+
+/// Admits the request against its key's and team's limits; `None` when unlimited.
+fn admit(
+    app: &App,
+    caller: &auth::Caller,
+    facts: &inspect::RequestFacts,
+    model: Option<&str>,
+) -> Result<Option<LocalPermit>, AppError> {
+    if caller.is_admin() {
+        return Ok(None);
+    }
+    let mut subjects = Vec::with_capacity(2);
+    if let Some(k) = &caller.key {
+        subjects.push(Subject {
+            id: format!("key:{}", k.key_id),
+            rpm: k.rpm_limit,
+            tpm: k.tpm_limit,
+            parallel: k.max_parallel_requests,
+            max_budget: k.max_budget,
+            stored_spend: k.spend,
+            budget_reset_at: k.budget_reset_at,
+        });
+    }
+    if let Some(t) = &caller.team {
+        subjects.push(Subject {
+            id: format!("team:{}", t.team_id),
+            rpm: t.rpm_limit,
+            tpm: t.tpm_limit,
+            parallel: t.max_parallel_requests,
+            max_budget: t.max_budget,
+            stored_spend: t.spend,
+            budget_reset_at: t.budget_reset_at,
+        });
+    }
+    subjects.retain(Subject::is_limited);
+    if subjects.is_empty() {
+        return Ok(None);
+    }
+    let demand = match facts.output_bound {
+        Some(bound) => Demand {
+            reserve_tokens: facts.prompt_estimate + bound,
+            reserve_cost: app.config.pricing.cost(
+                model.unwrap_or(""),
+                facts.prompt_estimate,
+                bound,
+            ),
+        },
+        None => Demand::default(),
+    };
+    Ok(Some(app.limiter.admit(&subjects, demand)?))
 }
 
 /// Maps a non-success upstream answer: 4xx keep their status and Ollama's message (it is
@@ -251,9 +321,8 @@ fn upstream_message(body: &[u8]) -> String {
 pub fn router() -> axum::Router<Arc<App>> {
     let mut router = axum::Router::new();
     for spec in routes::ROUTES {
-        let handler = move |axum::extract::State(app): axum::extract::State<Arc<App>>, req: Request| {
-            forward(app, spec, req)
-        };
+        let handler = move |axum::extract::State(app): axum::extract::State<Arc<App>>,
+                            req: Request| { forward(app, spec, req) };
         router = router.route(spec.path, axum::routing::on(spec.methods, handler));
     }
     router
@@ -265,8 +334,14 @@ mod tests {
 
     #[test]
     fn upstream_messages_are_extracted() {
-        assert_eq!(upstream_message(br#"{"error":"model not found"}"#), "model not found");
+        assert_eq!(
+            upstream_message(br#"{"error":"model not found"}"#),
+            "model not found"
+        );
         assert_eq!(upstream_message(br#"{"error":{"message":"bad"}}"#), "bad");
-        assert_eq!(upstream_message(b"<html>"), "the model server rejected the request");
+        assert_eq!(
+            upstream_message(b"<html>"),
+            "the model server rejected the request"
+        );
     }
 }

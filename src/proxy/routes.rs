@@ -36,7 +36,12 @@ pub struct RouteSpec {
     pub admin_only: bool,
 }
 
-const fn spec(path: &'static str, methods: MethodFilter, kind: Kind, admin_only: bool) -> RouteSpec {
+const fn spec(
+    path: &'static str,
+    methods: MethodFilter,
+    kind: Kind,
+    admin_only: bool,
+) -> RouteSpec {
     RouteSpec {
         path,
         methods,
@@ -47,20 +52,55 @@ const fn spec(path: &'static str, methods: MethodFilter, kind: Kind, admin_only:
 
 pub static ROUTES: &[RouteSpec] = &[
     spec("/api/chat", MethodFilter::POST, Kind::NativeGenerate, false),
-    spec("/api/generate", MethodFilter::POST, Kind::NativeGenerate, false),
+    spec(
+        "/api/generate",
+        MethodFilter::POST,
+        Kind::NativeGenerate,
+        false,
+    ),
     spec("/api/embed", MethodFilter::POST, Kind::NativeEmbed, false),
-    spec("/api/embeddings", MethodFilter::POST, Kind::ModelOnly, false),
+    spec(
+        "/api/embeddings",
+        MethodFilter::POST,
+        Kind::ModelOnly,
+        false,
+    ),
     spec("/api/show", MethodFilter::POST, Kind::ModelOnly, false),
     spec("/api/tags", MethodFilter::GET, Kind::NativeList, false),
     spec("/api/ps", MethodFilter::GET, Kind::NativeList, false),
     spec("/api/version", MethodFilter::GET, Kind::Plain, false),
-    spec("/v1/chat/completions", MethodFilter::POST, Kind::OpenAiCompletion, false),
-    spec("/v1/completions", MethodFilter::POST, Kind::OpenAiCompletion, false),
-    spec("/v1/embeddings", MethodFilter::POST, Kind::OpenAiOther, false),
-    spec("/v1/responses", MethodFilter::POST, Kind::OpenAiOther, false),
+    spec(
+        "/v1/chat/completions",
+        MethodFilter::POST,
+        Kind::OpenAiCompletion,
+        false,
+    ),
+    spec(
+        "/v1/completions",
+        MethodFilter::POST,
+        Kind::OpenAiCompletion,
+        false,
+    ),
+    spec(
+        "/v1/embeddings",
+        MethodFilter::POST,
+        Kind::OpenAiOther,
+        false,
+    ),
+    spec(
+        "/v1/responses",
+        MethodFilter::POST,
+        Kind::OpenAiOther,
+        false,
+    ),
     spec("/v1/messages", MethodFilter::POST, Kind::OpenAiOther, false),
     spec("/v1/models", MethodFilter::GET, Kind::OpenAiList, false),
-    spec("/v1/models/{model}", MethodFilter::GET, Kind::OpenAiModel, false),
+    spec(
+        "/v1/models/{model}",
+        MethodFilter::GET,
+        Kind::OpenAiModel,
+        false,
+    ),
     spec("/api/pull", MethodFilter::POST, Kind::Plain, true),
     spec("/api/push", MethodFilter::POST, Kind::Plain, true),
     spec("/api/create", MethodFilter::POST, Kind::Plain, true),
@@ -68,7 +108,9 @@ pub static ROUTES: &[RouteSpec] = &[
     spec("/api/delete", MethodFilter::DELETE, Kind::Plain, true),
     spec(
         "/api/blobs/{*digest}",
-        MethodFilter::HEAD.or(MethodFilter::POST).or(MethodFilter::GET),
+        MethodFilter::HEAD
+            .or(MethodFilter::POST)
+            .or(MethodFilter::GET),
         Kind::Plain,
         true,
     ),

@@ -48,7 +48,9 @@ impl From<StoreError> for crate::http::AppError {
         use crate::http::AppError;
         match err {
             StoreError::Conflict => AppError::Conflict("already exists".into()),
-            StoreError::MissingReference => AppError::invalid("refers to something that does not exist"),
+            StoreError::MissingReference => {
+                AppError::invalid("refers to something that does not exist")
+            }
             StoreError::Unavailable(e) => AppError::Unavailable(e.into()),
             StoreError::Other(e) => AppError::Internal(e.into()),
         }
@@ -74,7 +76,8 @@ pub trait Store: Send + Sync + 'static {
     async fn key_by_hash(&self, key_hash: &str) -> StoreResult<Option<VirtualKey>>;
     async fn key_by_id(&self, key_id: &str) -> StoreResult<Option<VirtualKey>>;
     /// Replaces every editable field. `None` when the key does not exist.
-    async fn update_key(&self, key_id: &str, fields: &KeyFields) -> StoreResult<Option<VirtualKey>>;
+    async fn update_key(&self, key_id: &str, fields: &KeyFields)
+    -> StoreResult<Option<VirtualKey>>;
     /// Swaps the key's secret (regenerate); the id stays.
     async fn rehash_key(
         &self,
@@ -84,7 +87,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Option<VirtualKey>>;
     /// Deletes keys (and, by cascade, their mappings); returns the ones that existed.
     async fn delete_keys(&self, key_ids: &[String]) -> StoreResult<Vec<VirtualKey>>;
-    async fn list_keys(&self, filter: &KeyFilter, page: Page) -> StoreResult<(Vec<VirtualKey>, u64)>;
+    async fn list_keys(
+        &self,
+        filter: &KeyFilter,
+        page: Page,
+    ) -> StoreResult<(Vec<VirtualKey>, u64)>;
 
     async fn insert_team(&self, team_id: &str, fields: &TeamFields) -> StoreResult<Team>;
     async fn team(&self, team_id: &str) -> StoreResult<Option<Team>>;
@@ -98,7 +105,12 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_mapping(&self, mapping: &Mapping) -> StoreResult<Mapping>;
     async fn mapping(&self, id: &str) -> StoreResult<Option<Mapping>>;
     /// Mappings for (claim, value) whose issuer is `issuer` or empty (any issuer).
-    async fn find_mappings(&self, issuer: &str, claim: &str, value: &str) -> StoreResult<Vec<Mapping>>;
+    async fn find_mappings(
+        &self,
+        issuer: &str,
+        claim: &str,
+        value: &str,
+    ) -> StoreResult<Vec<Mapping>>;
     async fn update_mapping(&self, mapping: &Mapping) -> StoreResult<Option<Mapping>>;
     async fn delete_mapping(&self, id: &str) -> StoreResult<Option<Mapping>>;
     async fn list_mappings(&self, page: Page) -> StoreResult<(Vec<Mapping>, u64)>;

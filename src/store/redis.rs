@@ -33,10 +33,14 @@ impl RedisConn {
         // Fail fast at start-up rather than retrying forever.
         tokio::time::timeout(std::time::Duration::from_secs(5), client.init())
             .await
-            .map_err(|_| fred::error::Error::new(fred::error::ErrorKind::Timeout, "connect timeout"))??;
+            .map_err(|_| {
+                fred::error::Error::new(fred::error::ErrorKind::Timeout, "connect timeout")
+            })??;
         tokio::time::timeout(std::time::Duration::from_secs(5), subscriber.init())
             .await
-            .map_err(|_| fred::error::Error::new(fred::error::ErrorKind::Timeout, "connect timeout"))??;
+            .map_err(|_| {
+                fred::error::Error::new(fred::error::ErrorKind::Timeout, "connect timeout")
+            })??;
         subscriber.manage_subscriptions();
         Ok(Self {
             client,

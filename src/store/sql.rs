@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use chrono::Utc;
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectOptions, Database, DatabaseConnection,
-    EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, ConnectOptions, Database, DatabaseConnection, EntityTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
 };
 
 use entity::{jwt_key_mapping, team, usage_log, virtual_key};
@@ -151,7 +151,11 @@ impl Store for SqlStore {
             .map(Into::into))
     }
 
-    async fn update_key(&self, key_id: &str, fields: &KeyFields) -> StoreResult<Option<VirtualKey>> {
+    async fn update_key(
+        &self,
+        key_id: &str,
+        fields: &KeyFields,
+    ) -> StoreResult<Option<VirtualKey>> {
         let Some(existing) = virtual_key::Entity::find_by_id(key_id.to_string())
             .one(&self.db)
             .await?
@@ -209,7 +213,11 @@ impl Store for SqlStore {
         Ok(keys)
     }
 
-    async fn list_keys(&self, filter: &KeyFilter, page: Page) -> StoreResult<(Vec<VirtualKey>, u64)> {
+    async fn list_keys(
+        &self,
+        filter: &KeyFilter,
+        page: Page,
+    ) -> StoreResult<(Vec<VirtualKey>, u64)> {
         let mut query = virtual_key::Entity::find();
         if let Some(team) = &filter.team_id {
             query = query.filter(virtual_key::Column::TeamId.eq(team.as_str()));
@@ -247,7 +255,10 @@ impl Store for SqlStore {
     }
 
     async fn update_team(&self, team_id: &str, fields: &TeamFields) -> StoreResult<Option<Team>> {
-        let Some(existing) = team::Entity::find_by_id(team_id.to_string()).one(&self.db).await? else {
+        let Some(existing) = team::Entity::find_by_id(team_id.to_string())
+            .one(&self.db)
+            .await?
+        else {
             return Ok(None);
         };
         let old_duration = existing.budget_duration.clone();
@@ -261,7 +272,11 @@ impl Store for SqlStore {
 
     async fn delete_team(&self, team_id: &str) -> StoreResult<Option<Vec<String>>> {
         let txn = self.db.begin().await?;
-        if team::Entity::find_by_id(team_id.to_string()).one(&txn).await?.is_none() {
+        if team::Entity::find_by_id(team_id.to_string())
+            .one(&txn)
+            .await?
+            .is_none()
+        {
             return Ok(None);
         }
         let key_ids: Vec<String> = virtual_key::Entity::find()
@@ -279,7 +294,9 @@ impl Store for SqlStore {
             .filter(virtual_key::Column::TeamId.eq(team_id))
             .exec(&txn)
             .await?;
-        team::Entity::delete_by_id(team_id.to_string()).exec(&txn).await?;
+        team::Entity::delete_by_id(team_id.to_string())
+            .exec(&txn)
+            .await?;
         txn.commit().await?;
         Ok(Some(key_ids))
     }
@@ -312,7 +329,12 @@ impl Store for SqlStore {
             .map(Into::into))
     }
 
-    async fn find_mappings(&self, issuer: &str, claim: &str, value: &str) -> StoreResult<Vec<Mapping>> {
+    async fn find_mappings(
+        &self,
+        issuer: &str,
+        claim: &str,
+        value: &str,
+    ) -> StoreResult<Vec<Mapping>> {
         Ok(jwt_key_mapping::Entity::find()
             .filter(jwt_key_mapping::Column::JwtClaimName.eq(claim))
             .filter(jwt_key_mapping::Column::JwtClaimValue.eq(value))
@@ -406,7 +428,10 @@ impl Store for SqlStore {
         }
         for (team_id, amount) in by_team {
             team::Entity::update_many()
-                .col_expr(team::Column::Spend, Expr::col(team::Column::Spend).add(amount))
+                .col_expr(
+                    team::Column::Spend,
+                    Expr::col(team::Column::Spend).add(amount),
+                )
                 .filter(team::Column::Id.eq(team_id))
                 .exec(&txn)
                 .await?;
@@ -449,5 +474,8 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), sea_orm::DbErr> {
 
 /// True when the connection is PostgreSQL (used by tests and diagnostics).
 pub fn is_postgres(db: &DatabaseConnection) -> bool {
-    matches!(db.get_database_backend(), sea_orm::DatabaseBackend::Postgres)
+    matches!(
+        db.get_database_backend(),
+        sea_orm::DatabaseBackend::Postgres
+    )
 }

@@ -167,7 +167,11 @@ mod tests {
             .expect_record_usage()
             .times(1)
             .in_sequence(&mut seq)
-            .returning(|_| Err(crate::store::StoreError::Unavailable(sea_orm::DbErr::Custom("down".into()))));
+            .returning(|_| {
+                Err(crate::store::StoreError::Unavailable(
+                    sea_orm::DbErr::Custom("down".into()),
+                ))
+            });
         store
             .expect_record_usage()
             .withf(|rows| rows.len() == 2)
