@@ -38,7 +38,7 @@ use tokio::task::JoinHandle;
 use testkit::ollama::MockOllama;
 use tollgate::app::App;
 use tollgate::config::{Config, Secret};
-use tollgate::store::{KeyFields, TeamFields, Team, VirtualKey};
+use tollgate::store::{KeyFields, Team, TeamFields, VirtualKey};
 
 pub use proxy::TcpProxy;
 
@@ -52,8 +52,18 @@ pub const REDIS_VAR: &str = "TEST_REDIS_URL";
 
 /// Words no error body may contain (SPEC §6.1), compared case-insensitively.
 pub const INTERNALS: &[&str] = &[
-    "ollama", "postgres", "sqlite", "redis", "sea_orm", "sea-orm", "sqlx", "panicked", "src/",
-    ".rs", "::", "backtrace",
+    "ollama",
+    "postgres",
+    "sqlite",
+    "redis",
+    "sea_orm",
+    "sea-orm",
+    "sqlx",
+    "panicked",
+    "src/",
+    ".rs",
+    "::",
+    "backtrace",
 ];
 
 // ------------------------------------------------------------------ environment
@@ -81,7 +91,10 @@ pub fn redis_url() -> Option<String> {
 /// The socket address `TEST_REDIS_URL` points at (for putting a [`TcpProxy`] in front).
 pub async fn redis_addr() -> Option<SocketAddr> {
     let url = reqwest::Url::parse(&redis_url()?).expect("TEST_REDIS_URL is a URL");
-    let host = url.host_str().expect("TEST_REDIS_URL has a host").to_string();
+    let host = url
+        .host_str()
+        .expect("TEST_REDIS_URL has a host")
+        .to_string();
     let port = url.port().unwrap_or(6379);
     tokio::net::lookup_host((host, port)).await.ok()?.next()
 }
@@ -210,28 +223,9 @@ impl TestDb {
         }
     }
 
-    /// Names of the tables in the database (without SQLite's internal ones).
+    /// Names of the tables in the database (without SQLite's internal ones), sorted.
     pub async fn tables(&self) -> Vec<String> {
-        let db = self.connect().await;
-        let sql = match self.backend {
-            Backend::Sqlite => {
-                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
-            }
-            Backend::Postgres => {
-                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
-            }
-        };
-        let rows = db
-            .query_all_raw(sea_orm::Statement::from_string(db.get_database_backend(), sql))
-            .await
-            .expect("list tables");
-        let mut names: Vec<String> = rows
-            .iter()
-            .map(|r| r.try_get_by_index::<String>(0).expect("table name"))
-            .collect();
-        names.sort();
-        drop(db.close().await);
-        names
+        table_names(&self.url).await
     }
 
     /// `SELECT COUNT(*) FROM <table>`.
@@ -249,6 +243,35 @@ impl TestDb {
         drop(db.close().await);
         n
     }
+}
+
+/// Names of the tables in the database at `url` (without SQLite's internal ones), sorted.
+pub async fn table_names(url: &str) -> Vec<String> {
+    let mut options = ConnectOptions::new(url.to_string());
+    options.max_connections(1).sqlx_logging(false);
+    let db = Database::connect(options)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
+    let sql = match db.get_database_backend() {
+        sea_orm::DatabaseBackend::Sqlite => {
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        }
+        _ => "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'",
+    };
+    let rows = db
+        .query_all_raw(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            sql,
+        ))
+        .await
+        .expect("list tables");
+    let mut names: Vec<String> = rows
+        .iter()
+        .map(|r| r.try_get_by_index::<String>(0).expect("table name"))
+        .collect();
+    names.sort();
+    drop(db.close().await);
+    names
 }
 
 impl Drop for TestDb {
@@ -520,7 +543,12 @@ impl TestApp {
             .unwrap_or_else(|e| panic!("GET {path}: {e}"))
     }
 
-    pub async fn post_json(&self, path: &str, bearer: Option<&str>, body: &Value) -> reqwest::Response {
+    pub async fn post_json(
+        &self,
+        path: &str,
+        bearer: Option<&str>,
+        body: &Value,
+    ) -> reqwest::Response {
         self.request(reqwest::Method::POST, path, bearer)
             .json(body)
             .send()
@@ -583,7 +611,7 @@ impl TestApp {
     /// Asks the server to stop accepting and drain (like SIGTERM); returns at once.
     pub fn begin_shutdown(&mut self) {
         if let Some(tx) = self.shutdown_tx.take() {
-            drop(tx.send(()));
+            let _ = tx.send(());
         }
     }
 
@@ -615,7 +643,7 @@ impl Drop for TestApp {
 /// backend_tests! {
 ///     /// Doc comments and attributes go on both tests.
 ///     async fn keys_round_trip(app) { /* app: &TestApp */ }
-///     async fn with_redis(app) using |b| b.redis() { ... }
+///     async fn with_redis(app) using (|b| b.redis()) { ... }
 /// }
 /// ```
 ///
@@ -624,7 +652,7 @@ impl Drop for TestApp {
 macro_rules! backend_tests {
     ($(
         $(#[$meta:meta])*
-        async fn $name:ident($app:ident) $(using |$b:ident| $custom:expr)? $body:block
+        async fn $name:ident($app:ident) $(using (|$b:ident| $custom:expr))? $body:block
     )*) => {$(
         $(#[$meta])*
         mod $name {
@@ -652,6 +680,21 @@ macro_rules! backend_tests {
             }
         }
     )*};
+}
+
+/// Runs `f` once per backend, one after the other, with an app on that backend (the
+/// PostgreSQL run is skipped with a printed reason when `TEST_DATABASE_URL` is unset).
+/// Prefer [`backend_tests!`], which makes two tests that run in parallel.
+pub async fn each_backend<F, Fut>(f: F)
+where
+    F: Fn(TestApp) -> Fut,
+    Fut: std::future::Future<Output = TestApp>,
+{
+    for backend in Backend::ALL {
+        if let Some(app) = TestApp::builder().backend(backend).try_spawn().await {
+            f(app).await.shutdown().await;
+        }
+    }
 }
 
 // ------------------------------------------------------------------ assertions
@@ -740,7 +783,10 @@ pub async fn assert_error(resp: reqwest::Response, status: u16, code: &str) -> E
     let (got_code, message, body_id) = (field("code"), field("message"), field("request_id"));
     assert_eq!(got_code, code, "unexpected error code: {raw}");
     assert!(!message.is_empty(), "empty error message: {raw}");
-    assert_eq!(body_id, header_id, "request_id must equal X-Request-ID: {raw}");
+    assert_eq!(
+        body_id, header_id,
+        "request_id must equal X-Request-ID: {raw}"
+    );
     assert_no_internals(&raw);
     ErrorBody {
         status: got,
