@@ -17,6 +17,9 @@ use crate::http::extract::parse_json;
 struct Probe<'a> {
     #[serde(borrow, default)]
     model: Option<Cow<'a, str>>,
+    /// Ollama still accepts the legacy `name` (e.g. `/api/show`) when `model` is empty.
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
     #[serde(default)]
     stream: Option<bool>,
     #[serde(default)]
@@ -103,7 +106,11 @@ pub fn inspect(
     let strip_keep_alive = !is_admin && !policy.allow_keep_alive && probe.keep_alive.is_some();
     let inject_usage = kind == Kind::OpenAiCompletion && stream && !client_wants_usage;
     let facts = RequestFacts {
-        model: probe.model.map(Cow::into_owned),
+        model: probe
+            .model
+            .filter(|m| !m.is_empty())
+            .or(probe.name)
+            .map(Cow::into_owned),
         stream,
         client_wants_usage,
         output_bound,

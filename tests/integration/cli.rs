@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{Value, json};
 use testkit::ollama::MockOllama;
 
 use super::foundation::wait_until_refused;
@@ -412,4 +412,82 @@ async fn defaults_serve_without_a_config_file() {
     server.signal("TERM");
     let (status, log) = server.wait().await;
     assert!(status.success(), "exit status {status}; log: {log}");
+}
+
+/// A virtual key is shown once, in the `/key/generate` response, and never written to the
+/// log — not on success, not when refused, not when regenerated (SPEC §6.1: at most a
+/// token's first 8 characters may be logged).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn virtual_keys_never_appear_in_logs() {
+    let ollama = MockOllama::start().await;
+    let db_dir = tempfile::tempdir().expect("tempdir");
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let config = format!(
+        "{}log:\n  level: debug\n",
+        serve_config(addr, &ollama, db_dir.path())
+    );
+    let server = Server::start(Some(&config), &[("MK", MASTER_KEY)], addr).await;
+    let http = client();
+    let generated: Value = http
+        .post(server.url("/key/generate"))
+        .bearer_auth(MASTER_KEY)
+        .json(&json!({"models": ["llama3.1:8b"]}))
+        .send()
+        .await
+        .expect("generate")
+        .json()
+        .await
+        .expect("json");
+    let key = generated["key"].as_str().expect("key").to_string();
+    let ok = http
+        .post(server.url("/api/chat"))
+        .bearer_auth(&key)
+        .json(&json!({"model": "llama3.1:8b", "stream": false, "messages": []}))
+        .send()
+        .await
+        .expect("chat");
+    assert_eq!(ok.status(), 200);
+    let refused = http
+        .post(server.url("/api/chat"))
+        .bearer_auth(&key)
+        .json(&json!({"model": "qwen2.5:7b", "messages": []}))
+        .send()
+        .await
+        .expect("chat");
+    assert_eq!(refused.status(), 403);
+    let regenerated: Value = http
+        .post(server.url("/key/regenerate"))
+        .bearer_auth(MASTER_KEY)
+        .json(&json!({"key": key}))
+        .send()
+        .await
+        .expect("regenerate")
+        .json()
+        .await
+        .expect("json");
+    let new_key = regenerated["key"].as_str().expect("new key").to_string();
+    let unknown = http
+        .post(server.url("/api/chat"))
+        .bearer_auth(&key)
+        .json(&json!({"model": "llama3.1:8b", "messages": []}))
+        .send()
+        .await
+        .expect("chat");
+    assert_eq!(unknown.status(), 401);
+
+    server.signal("TERM");
+    let (status, log) = server.wait().await;
+    assert!(status.success(), "exit status {status}; log: {log}");
+    assert!(
+        log.contains("proxied"),
+        "the request log line is there: {log}"
+    );
+    for secret in [&key, &new_key] {
+        // Nothing beyond the first 8 characters of a key may reach the log.
+        assert!(
+            !log.contains(&secret[..12]),
+            "a key leaked into the log: {log}"
+        );
+    }
+    assert!(!log.contains(MASTER_KEY));
 }

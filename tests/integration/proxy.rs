@@ -476,7 +476,6 @@ async fn blocked_team_blocks_its_keys() {
 /// Ollama's `/api/show` still accepts the deprecated `name` field for the model: the
 /// allow-list must see it too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: proxy/inspect.rs reads only `model`, so /api/show {\"name\": …} bypasses the model allow-list"]
 async fn legacy_name_field_is_checked() {
     let app = TestApp::spawn().await;
     let key = key_with_models(&app, &["qwen2.5:7b"]).await;
