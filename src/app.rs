@@ -29,7 +29,9 @@ pub struct App {
     /// SHA-256 of `server.master_key` (compared in constant time), if set.
     pub master_key_hash: Option<String>,
     /// Virtual key and team lookups, cached.
-    pub keys: KeyResolver,
+    pub keys: Arc<KeyResolver>,
+    /// Spreads key/team changes to every instance.
+    pub invalidator: crate::invalidation::Invalidator,
     /// Pooled client for Ollama.
     pub upstream: Upstream,
     /// Batched usage and spend writer.
@@ -69,11 +71,14 @@ impl App {
             tracing::warn!("no server.master_key: the management API answers only admin JWTs");
         }
         let store: Arc<dyn Store> = Arc::new(SqlStore::new(db));
-        let keys = KeyResolver::new(
+        let keys = Arc::new(KeyResolver::new(
             store.clone(),
             Duration::from_secs(config.cache.key_ttl_s),
             Duration::from_secs(config.cache.stale_if_error_s),
-        );
+        ));
+        let invalidator = crate::invalidation::Invalidator::start(redis.clone(), keys.clone())
+            .await
+            .context("cannot subscribe to Redis (redis.url)")?;
         let upstream = Upstream::new(&config).context("cannot build the upstream client")?;
         let master_key_hash = config
             .server
@@ -85,6 +90,7 @@ impl App {
             spend: SpendRecorder::start(store.clone()),
             store,
             keys,
+            invalidator,
             upstream,
             master_key_hash,
             in_flight: crate::proxy::InFlight::default(),
@@ -94,6 +100,11 @@ impl App {
             cancel: CancellationToken::new(),
             config,
         }))
+    }
+
+    /// Makes a key or team change visible here at once and on every other instance.
+    pub async fn invalidate(&self, change: crate::invalidation::Change) {
+        self.invalidator.publish(&self.keys, change).await;
     }
 
     /// Releases connections (Redis) after the server has stopped.

@@ -13,6 +13,7 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod http;
+pub mod invalidation;
 pub mod limits;
 pub mod manage;
 pub mod proxy;

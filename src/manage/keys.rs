@@ -12,6 +12,7 @@ use crate::auth::secrets;
 use crate::config::Duration;
 use crate::http::AppError;
 use crate::http::extract::double_option;
+use crate::invalidation::Change;
 use crate::store::{KeyFields, KeyFilter, Page, VirtualKey};
 
 /// `key` (plaintext) or `key_id`: how every key route names its key.
@@ -224,7 +225,7 @@ impl<'a> KeyManager<'a> {
                 Some(self.caller.label.to_string()),
             )
             .await?;
-        self.app.keys.invalidate_key(&hash).await;
+        self.app.invalidate(Change::Key(hash.clone())).await;
         tracing::info!(key_id = %info.key_id, by = %self.caller.label, "key created");
         Ok(IssuedKey { key, info })
     }
@@ -323,7 +324,9 @@ impl<'a> KeyManager<'a> {
             .update_key(&existing.key_id, fields)
             .await?
             .ok_or_else(|| AppError::NotFound("key not found".into()))?;
-        self.app.keys.invalidate_key(&existing.key_hash).await;
+        self.app
+            .invalidate(Change::Key(existing.key_hash.clone()))
+            .await;
         Ok(updated)
     }
 
@@ -362,8 +365,10 @@ impl<'a> KeyManager<'a> {
             .rehash_key(&existing.key_id, &hash, &secrets::display_name(&key))
             .await?
             .ok_or_else(|| AppError::NotFound("key not found".into()))?;
-        self.app.keys.invalidate_key(&existing.key_hash).await;
-        self.app.keys.invalidate_key(&hash).await;
+        self.app
+            .invalidate(Change::Key(existing.key_hash.clone()))
+            .await;
+        self.app.invalidate(Change::Key(hash.clone())).await;
         Ok(IssuedKey { key, info })
     }
 
@@ -391,7 +396,7 @@ impl<'a> KeyManager<'a> {
         let ids: Vec<String> = targets.iter().map(|k| k.key_id.clone()).collect();
         let deleted = self.app.store.delete_keys(&ids).await?;
         for key in &deleted {
-            self.app.keys.invalidate_key(&key.key_hash).await;
+            self.app.invalidate(Change::Key(key.key_hash.clone())).await;
         }
         Ok(deleted.into_iter().map(|k| k.key_id).collect())
     }

@@ -10,6 +10,7 @@ use crate::auth::authorize::{Capability, check};
 use crate::config::Duration;
 use crate::http::AppError;
 use crate::http::extract::double_option;
+use crate::invalidation::Change;
 use crate::store::{Page, Team, TeamFields};
 
 #[derive(Debug, Default, Deserialize)]
@@ -136,7 +137,7 @@ impl<'a> TeamManager<'a> {
                 }
                 other => other.into(),
             })?;
-        self.app.keys.invalidate_team(&team_id).await;
+        self.app.invalidate(Change::Team(team_id.clone())).await;
         Ok(team)
     }
 
@@ -197,7 +198,7 @@ impl<'a> TeamManager<'a> {
             .update_team(&req.team_id, &f)
             .await?
             .ok_or_else(|| AppError::NotFound("team not found".into()))?;
-        self.app.keys.invalidate_team(&req.team_id).await;
+        self.app.invalidate(Change::Team(req.team_id.clone())).await;
         Ok(team)
     }
 
@@ -226,9 +227,9 @@ impl<'a> TeamManager<'a> {
             if let Some(key_ids) = self.app.store.delete_team(&id).await? {
                 if !key_ids.is_empty() {
                     // Only key ids are known here; the cache is keyed by hash.
-                    self.app.keys.invalidate_all_keys();
+                    self.app.invalidate(Change::AllKeys).await;
                 }
-                self.app.keys.invalidate_team(&id).await;
+                self.app.invalidate(Change::Team(id.clone())).await;
                 deleted.push(id);
             }
         }

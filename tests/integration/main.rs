@@ -12,6 +12,7 @@ mod support;
 mod cli;
 mod clients;
 mod foundation;
+mod invalidation;
 mod keys;
 mod keys_support;
 mod proxy;
