@@ -15,5 +15,6 @@ mod foundation;
 mod invalidation;
 mod keys;
 mod keys_support;
+mod limits;
 mod proxy;
 mod storage;
