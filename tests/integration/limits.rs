@@ -96,10 +96,10 @@ async fn tpm_refuses_the_first_request_after_the_limit_is_crossed() {
         .await;
     let body = json!({"model": "llama3.1:8b", "stream": false, "messages": []});
     for _ in 0..2 {
-        assert_eq!(
-            app.post_json("/api/chat", Some(&key), &body).await.status(),
-            200
-        );
+        let resp = app.post_json("/api/chat", Some(&key), &body).await;
+        assert_eq!(resp.status(), 200);
+        // Tokens are counted when the response ends: read it to the end.
+        read_to_end(resp).await.expect("body");
     }
     app.app.in_flight.idle().await;
     let resp = app.post_json("/api/chat", Some(&key), &body).await;
