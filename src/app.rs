@@ -37,7 +37,7 @@ pub struct App {
     /// Batched usage and spend writer.
     pub spend: SpendRecorder,
     /// Admission control for keys and teams.
-    pub limiter: crate::limits::LocalLimiter,
+    pub limiter: crate::limits::Limiter,
     /// Proxied responses still being streamed (drained on shutdown).
     pub in_flight: crate::proxy::InFlight,
 }
@@ -94,7 +94,15 @@ impl App {
             upstream,
             master_key_hash,
             in_flight: crate::proxy::InFlight::default(),
-            limiter: crate::limits::LocalLimiter::default(),
+            limiter: crate::limits::Limiter::new(
+                redis.clone().map(|conn| {
+                    crate::limits::RedisLimiter::new(
+                        conn,
+                        Duration::from_secs(config.server.request_timeout_s),
+                    )
+                }),
+                config.redis.failure_mode,
+            ),
             redis,
             metrics: crate::telemetry::metrics_handle(),
             cancel: CancellationToken::new(),

@@ -7,6 +7,7 @@
 pub mod access;
 pub mod authorize;
 pub mod identity;
+pub mod jwt;
 pub mod keys;
 pub mod secrets;
 

@@ -17,12 +17,22 @@
 //!
 //! All subjects (key and team) are checked and charged under one lock, so a refusal by
 //! either consumes nothing from the other.
+//!
+//! With Redis configured, [`RedisLimiter`] applies the same algorithms atomically in Redis
+//! for every instance. When Redis cannot answer, `redis.failure_mode` decides: `closed`
+//! refuses with 503 `limits_unavailable`; `open` falls back to this instance's local
+//! limits (logged and counted in `tollgate_limiter_fallbacks_total`).
 
 mod local;
+mod redis;
 
 pub use local::{LocalLimiter, LocalPermit};
+pub use redis::{RedisLimiter, RedisPermit};
 
 use std::time::Duration;
+
+use crate::config::FailureMode;
+use crate::http::AppError;
 
 /// Limits of one subject (a key or a team).
 #[derive(Debug, Clone, Default)]
@@ -78,6 +88,62 @@ impl From<Refusal> for crate::http::AppError {
                 retry_after_s: retry_after.as_secs().max(1),
             },
             Refusal::Parallel => AppError::TooManyParallelRequests,
+        }
+    }
+}
+
+/// A request's claim on its limits.
+#[derive(Debug)]
+pub enum Permit {
+    Local(LocalPermit),
+    Redis(RedisPermit),
+}
+
+/// The limiter the proxy talks to: Redis when configured, else in process.
+pub struct Limiter {
+    local: LocalLimiter,
+    redis: Option<RedisLimiter>,
+    failure_mode: FailureMode,
+}
+
+impl Limiter {
+    pub fn new(redis: Option<RedisLimiter>, failure_mode: FailureMode) -> Self {
+        Self {
+            local: LocalLimiter::default(),
+            redis,
+            failure_mode,
+        }
+    }
+
+    /// Admits the request or says why not. Refused requests consume nothing.
+    pub async fn admit(&self, subjects: &[Subject], demand: Demand) -> Result<Permit, AppError> {
+        let Some(redis) = &self.redis else {
+            return Ok(Permit::Local(self.local.admit(subjects, demand)?));
+        };
+        match redis.admit(subjects, demand).await {
+            Ok(Ok(permit)) => Ok(Permit::Redis(permit)),
+            Ok(Err(refusal)) => Err(refusal.into()),
+            Err(e) => match self.failure_mode {
+                FailureMode::Closed => {
+                    tracing::warn!(error = %e, "Redis unavailable: refusing (failure_mode: closed)");
+                    metrics::counter!(crate::telemetry::LIMIT_REJECTIONS, "kind" => "unavailable")
+                        .increment(1);
+                    Err(AppError::LimitsUnavailable)
+                }
+                FailureMode::Open => {
+                    tracing::warn!(error = %e, "Redis unavailable: using local limits (failure_mode: open)");
+                    metrics::counter!(crate::telemetry::LIMITER_FALLBACKS).increment(1);
+                    Ok(Permit::Local(self.local.admit(subjects, demand)?))
+                }
+            },
+        }
+    }
+
+    /// Releases the permit, replacing its reservation by the real usage.
+    pub fn settle(&self, permit: Permit, tokens: u64, cost: f64) {
+        match permit {
+            Permit::Local(p) => self.local.settle(p, tokens, cost),
+            Permit::Redis(p) => p.settle(tokens, cost),
         }
     }
 }

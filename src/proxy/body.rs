@@ -30,7 +30,7 @@ pub struct UsageTicket {
     pub started_at: chrono::DateTime<chrono::Utc>,
     pub started: Instant,
     /// The limiter's claim, settled with the real usage when the request ends.
-    pub permit: Option<crate::limits::LocalPermit>,
+    pub permit: Option<crate::limits::Permit>,
     /// Set once the row is recorded; a ticket dropped before that records `cancelled`.
     pub recorded: bool,
 }

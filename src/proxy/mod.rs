@@ -28,7 +28,7 @@ use crate::config::Config;
 use crate::http::AppError;
 use crate::http::extract::body_rejection;
 use crate::http::request_id::RequestId;
-use crate::limits::{Demand, LocalPermit, Subject};
+use crate::limits::{Demand, Permit, Subject};
 
 /// The pooled HTTP client for Ollama and its base URL.
 pub struct Upstream {
@@ -153,7 +153,7 @@ pub async fn forward(
     }
 
     // Checks 5–7: budget, rate, parallel. Refused requests consume nothing.
-    let permit = admit(&app, &caller, &facts, model.as_deref())?;
+    let permit = admit(&app, &caller, &facts, model.as_deref()).await?;
 
     let mut ticket = UsageTicket {
         app: app.clone(),
@@ -238,12 +238,12 @@ pub async fn forward(
 }
 
 /// Admits the request against its key's and team's limits; `None` when unlimited.
-fn admit(
+async fn admit(
     app: &App,
     caller: &auth::Caller,
     facts: &inspect::RequestFacts,
     model: Option<&str>,
-) -> Result<Option<LocalPermit>, AppError> {
+) -> Result<Option<Permit>, AppError> {
     if caller.is_admin() {
         return Ok(None);
     }
@@ -285,7 +285,7 @@ fn admit(
         },
         None => Demand::default(),
     };
-    Ok(Some(app.limiter.admit(&subjects, demand)?))
+    Ok(Some(app.limiter.admit(&subjects, demand).await?))
 }
 
 /// Maps a non-success upstream answer: 4xx keep their status and Ollama's message (it is

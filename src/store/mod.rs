@@ -115,6 +115,14 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_mapping(&self, id: &str) -> StoreResult<Option<Mapping>>;
     async fn list_mappings(&self, page: Page) -> StoreResult<(Vec<Mapping>, u64)>;
 
+    /// Starts a new budget period for every key and team whose period ended by `now`:
+    /// spend back to zero, `budget_reset_at` moved past `now`. Safe to run on several
+    /// instances at once (each row is reset by exactly one of them).
+    async fn reset_budgets(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<Vec<BudgetReset>>;
+
     /// Writes usage rows and adds their spend to keys and teams, in one transaction.
     async fn record_usage(&self, rows: &[UsageRow]) -> StoreResult<()>;
     async fn spend_logs(&self, filter: &UsageFilter) -> StoreResult<Vec<UsageRow>>;

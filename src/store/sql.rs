@@ -14,8 +14,8 @@ use sea_orm::{
 use entity::{jwt_key_mapping, team, usage_log, virtual_key};
 
 use super::{
-    KeyFields, KeyFilter, Mapping, Page, Store, StoreError, StoreResult, Team, TeamFields,
-    UsageFilter, UsageRow, VirtualKey,
+    BudgetReset, KeyFields, KeyFilter, Mapping, Page, Store, StoreError, StoreResult, Team,
+    TeamFields, UsageFilter, UsageRow, VirtualKey,
 };
 use crate::config::DatabaseConfig;
 
@@ -89,6 +89,18 @@ fn team_fields(am: &mut team::ActiveModel, f: &TeamFields) {
 /// The next reset time for a budget period starting now.
 fn first_reset(duration: Option<crate::config::Duration>) -> Option<chrono::DateTime<Utc>> {
     duration.map(|d| Utc::now() + d.to_chrono())
+}
+
+/// The first period end after `now`, stepping from `old` in whole periods (an instance
+/// that was down for several periods does not replay them).
+fn next_period_end(
+    old: chrono::DateTime<Utc>,
+    period: crate::config::Duration,
+    now: chrono::DateTime<Utc>,
+) -> chrono::DateTime<Utc> {
+    let step = period.to_chrono();
+    let behind = Ord::max((now - old).num_seconds(), 0) / Ord::max(step.num_seconds(), 1);
+    old + step * i32::try_from(behind + 1).unwrap_or(i32::MAX)
 }
 
 fn mapping_model(m: &Mapping) -> jwt_key_mapping::ActiveModel {
@@ -374,6 +386,67 @@ impl Store for SqlStore {
         let total = paginator.num_items().await?;
         let items = paginator.fetch_page(page.page.saturating_sub(1)).await?;
         Ok((items.into_iter().map(Into::into).collect(), total))
+    }
+
+    async fn reset_budgets(&self, now: chrono::DateTime<Utc>) -> StoreResult<Vec<BudgetReset>> {
+        let mut reset = Vec::new();
+        let keys = virtual_key::Entity::find()
+            .filter(virtual_key::Column::BudgetResetAt.lte(now))
+            .all(&self.db)
+            .await?;
+        for k in keys {
+            let (Some(old), Some(period)) = (
+                k.budget_reset_at,
+                k.budget_duration
+                    .as_deref()
+                    .and_then(crate::config::parse_duration),
+            ) else {
+                continue;
+            };
+            let done = virtual_key::Entity::update_many()
+                .col_expr(virtual_key::Column::Spend, Expr::value(0.0))
+                .col_expr(
+                    virtual_key::Column::BudgetResetAt,
+                    Expr::value(next_period_end(old, period, now)),
+                )
+                .filter(virtual_key::Column::Id.eq(k.id.as_str()))
+                .filter(virtual_key::Column::BudgetResetAt.eq(old))
+                .exec(&self.db)
+                .await?;
+            if done.rows_affected == 1 {
+                reset.push(BudgetReset::Key {
+                    key_hash: k.key_hash,
+                });
+            }
+        }
+        let teams = team::Entity::find()
+            .filter(team::Column::BudgetResetAt.lte(now))
+            .all(&self.db)
+            .await?;
+        for t in teams {
+            let (Some(old), Some(period)) = (
+                t.budget_reset_at,
+                t.budget_duration
+                    .as_deref()
+                    .and_then(crate::config::parse_duration),
+            ) else {
+                continue;
+            };
+            let done = team::Entity::update_many()
+                .col_expr(team::Column::Spend, Expr::value(0.0))
+                .col_expr(
+                    team::Column::BudgetResetAt,
+                    Expr::value(next_period_end(old, period, now)),
+                )
+                .filter(team::Column::Id.eq(t.id.as_str()))
+                .filter(team::Column::BudgetResetAt.eq(old))
+                .exec(&self.db)
+                .await?;
+            if done.rows_affected == 1 {
+                reset.push(BudgetReset::Team { team_id: t.id });
+            }
+        }
+        Ok(reset)
     }
 
     async fn record_usage(&self, rows: &[UsageRow]) -> StoreResult<()> {

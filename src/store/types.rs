@@ -133,6 +133,18 @@ pub struct UsageFilter {
     pub limit: u64,
 }
 
+/// A key or team whose budget period was just reset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BudgetReset {
+    /// By key hash (what the key cache is keyed by).
+    Key {
+        key_hash: String,
+    },
+    Team {
+        team_id: String,
+    },
+}
+
 /// A page request: 1-based page number and page size.
 #[derive(Debug, Clone, Copy)]
 pub struct Page {

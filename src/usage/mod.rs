@@ -5,6 +5,10 @@
 //! and on shutdown. A failed write keeps its rows and retries, so no admitted request goes
 //! unrecorded while the database is briefly away.
 
+mod budget;
+
+pub use budget::{reset_due_budgets, spawn_budget_resets};
+
 use std::sync::Arc;
 use std::time::Duration;
 

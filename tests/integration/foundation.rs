@@ -293,6 +293,12 @@ impl Store for PanickingPing {
     async fn record_usage(&self, rows: &[UsageRow]) -> StoreResult<()> {
         self.0.record_usage(rows).await
     }
+    async fn reset_budgets(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<Vec<tollgate::store::BudgetReset>> {
+        self.0.reset_budgets(now).await
+    }
     async fn spend_logs(&self, filter: &UsageFilter) -> StoreResult<Vec<UsageRow>> {
         self.0.spend_logs(filter).await
     }
