@@ -36,6 +36,8 @@ pub struct App {
     pub upstream: Upstream,
     /// Batched usage and spend writer.
     pub spend: SpendRecorder,
+    /// Claim → key resolutions (SPEC §6.3): Redis when configured, else in process.
+    pub mapping_cache: crate::store::shared_cache::SharedCache,
     /// Admission control for keys and teams.
     pub limiter: crate::limits::Limiter,
     /// Proxied responses still being streamed (drained on shutdown).
@@ -94,6 +96,10 @@ impl App {
             upstream,
             master_key_hash,
             in_flight: crate::proxy::InFlight::default(),
+            mapping_cache: crate::store::shared_cache::SharedCache::new(
+                redis.clone(),
+                Duration::from_secs(config.jwt.mapping_cache_ttl_s.max(1)),
+            ),
             limiter: crate::limits::Limiter::new(
                 redis.clone().map(|conn| {
                     crate::limits::RedisLimiter::new(

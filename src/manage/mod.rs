@@ -3,4 +3,5 @@
 //! only extract and call these.
 
 pub mod keys;
+pub mod mappings;
 pub mod teams;

@@ -4,6 +4,7 @@
 //! The trait is the unit-test seam (mockall); integration tests use the real databases.
 
 pub mod redis;
+pub mod shared_cache;
 mod sql;
 pub mod types;
 

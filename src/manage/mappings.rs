@@ -1,0 +1,221 @@
+//! `MappingManager`: JWT claim → virtual key mappings (`/jwt/key/mapping/*`).
+//!
+//! Every change drops the affected resolutions from the shared mapping cache, so the
+//! next request resolves afresh — on every instance at once when the cache is Redis.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use serde::Deserialize;
+
+use crate::app::App;
+use crate::auth::Caller;
+use crate::auth::authorize::{Capability, check};
+use crate::auth::secrets;
+use crate::http::AppError;
+use crate::http::extract::double_option;
+use crate::store::{Mapping, Page, StoreError, VirtualKey};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewMapping {
+    pub jwt_claim_name: String,
+    pub jwt_claim_value: String,
+    #[serde(default)]
+    pub jwt_issuer: Option<String>,
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub key_id: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub is_active: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateMapping {
+    pub id: String,
+    #[serde(default)]
+    pub jwt_claim_name: Option<String>,
+    #[serde(default)]
+    pub jwt_claim_value: Option<String>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub jwt_issuer: Option<Option<String>>,
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub key_id: Option<String>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub description: Option<Option<String>>,
+    #[serde(default)]
+    pub is_active: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MappingId {
+    pub id: String,
+}
+
+/// The shared-cache key of one resolution (SPEC §6.3).
+pub fn cache_key(issuer: &str, claim: &str, value: &str) -> String {
+    format!("jwt_key_mapping:{issuer}:{claim}:{value}")
+}
+
+/// The tag grouping every issuer's resolution of one (claim, value).
+pub fn cache_tag(claim: &str, value: &str) -> String {
+    format!("jwt_key_mapping:{claim}:{value}")
+}
+
+fn check_text(field: &str, value: &str) -> Result<(), AppError> {
+    if value.trim().is_empty() || value.len() > 512 {
+        return Err(AppError::invalid(format!("field `{field}` must be 1-512 characters")));
+    }
+    Ok(())
+}
+
+pub struct MappingManager<'a> {
+    app: &'a Arc<App>,
+    caller: &'a Caller,
+}
+
+impl<'a> MappingManager<'a> {
+    pub fn new(app: &'a Arc<App>, caller: &'a Caller) -> Self {
+        Self { app, caller }
+    }
+
+    async fn target_key(&self, key: Option<&str>, key_id: Option<&str>) -> Result<VirtualKey, AppError> {
+        let found = match (key, key_id) {
+            (_, Some(id)) => self.app.store.key_by_id(id).await?,
+            (Some(k), None) => self.app.store.key_by_hash(&secrets::hash_secret(k)).await?,
+            (None, None) => return Err(AppError::invalid("missing field `key` or `key_id`")),
+        };
+        found.ok_or_else(|| AppError::invalid("field `key_id`: no such key"))
+    }
+
+    /// Drops the cached resolutions a mapping affects: one issuer's, or every issuer's
+    /// when the mapping applies to any issuer.
+    async fn forget(&self, mapping: &Mapping) {
+        let cache = &self.app.mapping_cache;
+        let dropped = if mapping.jwt_issuer.is_empty() {
+            cache
+                .delete_tag(&cache_tag(&mapping.jwt_claim_name, &mapping.jwt_claim_value))
+                .await
+        } else {
+            cache
+                .delete(&cache_key(&mapping.jwt_issuer, &mapping.jwt_claim_name, &mapping.jwt_claim_value))
+                .await
+        };
+        if let Err(e) = dropped {
+            tracing::warn!(error = %e, "could not drop a cached mapping resolution");
+        }
+    }
+
+    pub async fn create(&self, req: NewMapping) -> Result<Mapping, AppError> {
+        check_text("jwt_claim_name", &req.jwt_claim_name)?;
+        check_text("jwt_claim_value", &req.jwt_claim_value)?;
+        let key = self.target_key(req.key.as_deref(), req.key_id.as_deref()).await?;
+        check(self.caller, Capability::MappingWrite, key.team_id.as_deref())?;
+        let now = Utc::now();
+        let mapping = Mapping {
+            id: uuid::Uuid::new_v4().to_string(),
+            jwt_claim_name: req.jwt_claim_name,
+            jwt_claim_value: req.jwt_claim_value,
+            jwt_issuer: req.jwt_issuer.unwrap_or_default(),
+            key_id: key.key_id,
+            description: req.description,
+            is_active: req.is_active.unwrap_or(true),
+            created_at: now,
+            updated_at: now,
+            created_by: Some(self.caller.label.to_string()),
+            updated_by: Some(self.caller.label.to_string()),
+        };
+        let created = self.app.store.insert_mapping(&mapping).await.map_err(conflict)?;
+        self.forget(&created).await;
+        Ok(created)
+    }
+
+    pub async fn find(&self, id: &str) -> Result<Mapping, AppError> {
+        let mapping = self
+            .app
+            .store
+            .mapping(id)
+            .await?
+            .ok_or_else(|| AppError::NotFound("mapping not found".into()))?;
+        let team = self.app.store.key_by_id(&mapping.key_id).await?.and_then(|k| k.team_id);
+        check(self.caller, Capability::MappingRead, team.as_deref())?;
+        Ok(mapping)
+    }
+
+    pub async fn update(&self, req: UpdateMapping) -> Result<Mapping, AppError> {
+        let existing = self.find(&req.id).await?;
+        let old_team = self.app.store.key_by_id(&existing.key_id).await?.and_then(|k| k.team_id);
+        check(self.caller, Capability::MappingWrite, old_team.as_deref())?;
+        let mut updated = existing.clone();
+        if let Some(v) = req.jwt_claim_name {
+            check_text("jwt_claim_name", &v)?;
+            updated.jwt_claim_name = v;
+        }
+        if let Some(v) = req.jwt_claim_value {
+            check_text("jwt_claim_value", &v)?;
+            updated.jwt_claim_value = v;
+        }
+        if let Some(v) = req.jwt_issuer {
+            updated.jwt_issuer = v.unwrap_or_default();
+        }
+        if req.key.is_some() || req.key_id.is_some() {
+            let key = self.target_key(req.key.as_deref(), req.key_id.as_deref()).await?;
+            check(self.caller, Capability::MappingWrite, key.team_id.as_deref())?;
+            updated.key_id = key.key_id;
+        }
+        if let Some(v) = req.description {
+            updated.description = v;
+        }
+        if let Some(v) = req.is_active {
+            updated.is_active = v;
+        }
+        updated.updated_at = Utc::now();
+        updated.updated_by = Some(self.caller.label.to_string());
+        let saved = self
+            .app
+            .store
+            .update_mapping(&updated)
+            .await
+            .map_err(conflict)?
+            .ok_or_else(|| AppError::NotFound("mapping not found".into()))?;
+        self.forget(&existing).await;
+        self.forget(&saved).await;
+        Ok(saved)
+    }
+
+    pub async fn delete(&self, id: &str) -> Result<Mapping, AppError> {
+        let existing = self.find(id).await?;
+        let team = self.app.store.key_by_id(&existing.key_id).await?.and_then(|k| k.team_id);
+        check(self.caller, Capability::MappingWrite, team.as_deref())?;
+        let deleted = self
+            .app
+            .store
+            .delete_mapping(id)
+            .await?
+            .ok_or_else(|| AppError::NotFound("mapping not found".into()))?;
+        self.forget(&deleted).await;
+        Ok(deleted)
+    }
+
+    pub async fn list(&self, page: Page) -> Result<(Vec<Mapping>, u64), AppError> {
+        check(self.caller, Capability::MappingRead, None)?;
+        Ok(self.app.store.list_mappings(page).await?)
+    }
+}
+
+fn conflict(e: StoreError) -> AppError {
+    match e {
+        StoreError::Conflict => {
+            AppError::Conflict("a mapping for this issuer, claim name and value already exists".into())
+        }
+        StoreError::MissingReference => AppError::invalid("field `key_id`: no such key"),
+        other => other.into(),
+    }
+}
