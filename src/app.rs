@@ -32,6 +32,8 @@ pub struct App {
     pub keys: Arc<KeyResolver>,
     /// Spreads key/team changes to every instance.
     pub invalidator: crate::invalidation::Invalidator,
+    /// JWT verification, when `jwt.enabled`.
+    pub jwt: Option<Arc<crate::auth::jwt::JwtVerifier>>,
     /// Pooled client for Ollama.
     pub upstream: Upstream,
     /// Batched usage and spend writer.
@@ -82,6 +84,20 @@ impl App {
             .await
             .context("cannot subscribe to Redis (redis.url)")?;
         let upstream = Upstream::new(&config).context("cannot build the upstream client")?;
+        let cancel = CancellationToken::new();
+        let jwt = if config.jwt.enabled {
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .context("cannot build the JWKS client")?;
+            let verifier = Arc::new(
+                crate::auth::jwt::JwtVerifier::new(&config.jwt, http).map_err(|e| anyhow::anyhow!(e))?,
+            );
+            verifier.start_refresh(cancel.clone());
+            Some(verifier)
+        } else {
+            None
+        };
         let master_key_hash = config
             .server
             .master_key
@@ -111,7 +127,8 @@ impl App {
             ),
             redis,
             metrics: crate::telemetry::metrics_handle(),
-            cancel: CancellationToken::new(),
+            cancel,
+            jwt,
             config,
         }))
     }

@@ -48,7 +48,7 @@ async fn require(
     mut req: Request,
     next: Next,
 ) -> Result<Response, AppError> {
-    let caller = authenticate(&app, req.headers()).await?;
+    let caller = authenticate(&app, req.headers(), crate::auth::Purpose::Manage).await?;
     check_any(&caller, capability)?;
     req.extensions_mut().insert(caller);
     Ok(next.run(req).await)

@@ -12,6 +12,8 @@ pub enum CallerKind {
     MasterKey,
     /// A virtual key (`sk-…`).
     VirtualKey,
+    /// An SSO identity's JWT, running under its team (fallback) or as an admin.
+    Jwt,
 }
 
 /// An authenticated caller.
@@ -52,6 +54,30 @@ impl Caller {
             key: Some(key),
             team,
             role: None,
+        }
+    }
+
+    /// A JWT identity acting as itself: as a proxy admin, under its team's limits
+    /// (`fallback`), or on the management API with its mapped role.
+    pub fn from_jwt(
+        identity: crate::auth::jwt::JwtIdentity,
+        team: Option<Arc<Team>>,
+        role_override: Option<Role>,
+    ) -> Self {
+        let label = identity
+            .user_id
+            .as_deref()
+            .or(identity.email.as_deref())
+            .map(|u| format!("jwt:{u}"))
+            .unwrap_or_else(|| "jwt".to_string());
+        Self {
+            kind: CallerKind::Jwt,
+            key: None,
+            team_id: team.as_ref().map(|t| t.team_id.clone()).or(identity.team_id),
+            team,
+            user_id: identity.user_id,
+            role: role_override.or(identity.role),
+            label: Arc::from(label),
         }
     }
 

@@ -9,6 +9,7 @@ pub mod authorize;
 pub mod identity;
 pub mod jwt;
 pub mod keys;
+pub mod mapping;
 pub mod secrets;
 
 use std::sync::Arc;
@@ -42,8 +43,16 @@ fn unauthorized(reason: &'static str) -> AppError {
     AppError::Unauthorized
 }
 
+/// What the credential is being used for: JWTs resolve to a mapped key only on
+/// proxied routes; on the management API they act with their own role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    Proxy,
+    Manage,
+}
+
 /// Authenticates a request's headers.
-pub async fn authenticate(app: &App, headers: &HeaderMap) -> Result<Caller, AppError> {
+pub async fn authenticate(app: &App, headers: &HeaderMap, purpose: Purpose) -> Result<Caller, AppError> {
     let token = bearer(headers).ok_or_else(|| unauthorized("missing_credential"))?;
     let hash = secrets::hash_secret(token);
     if let Some(master) = &app.master_key_hash {
@@ -58,6 +67,18 @@ pub async fn authenticate(app: &App, headers: &HeaderMap) -> Result<Caller, AppE
             None => Err(unauthorized("unknown_key")),
         };
     }
+    if let Some(verifier) = &app.jwt {
+        if jwt::JwtVerifier::looks_like_jwt(token) {
+            let identity = verifier.verify(token).await.map_err(|e| match e {
+                jwt::JwtError::Unauthorized(_) => AppError::Unauthorized,
+                jwt::JwtError::PolicyDenied(message) => AppError::JwtPolicyDenied(message),
+            })?;
+            return match purpose {
+                Purpose::Proxy => mapping::resolve(app, identity).await,
+                Purpose::Manage => Ok(Caller::from_jwt(identity, None, None)),
+            };
+        }
+    }
     Err(unauthorized("malformed_credential"))
 }
 
@@ -65,6 +86,6 @@ impl FromRequestParts<Arc<App>> for Caller {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, AppError> {
-        authenticate(app, &parts.headers).await
+        authenticate(app, &parts.headers, Purpose::Manage).await
     }
 }

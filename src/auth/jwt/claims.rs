@@ -124,7 +124,10 @@ mod tests {
         });
         assert_eq!(lookup(&claims, "ext.team"), Some(&json!("t1")));
         assert_eq!(lookup(&claims, "ext.deep.n"), Some(&json!(7)));
-        assert_eq!(lookup(&claims, "https://example.com/roles"), Some(&json!(["a"])));
+        assert_eq!(
+            lookup(&claims, "https://example.com/roles"),
+            Some(&json!(["a"]))
+        );
         assert_eq!(lookup(&claims, "a.b"), Some(&json!("verbatim")));
         assert_eq!(lookup(&claims, "ext.missing"), None);
         assert_eq!(lookup(&claims, "ext.team.x"), None);
@@ -152,7 +155,10 @@ mod tests {
         let frac = json!({"iss": "https://idp", "aud": ["x", "other"], "exp": 1_000_010.5});
         assert_eq!(r.check(&frac, now), Ok(now + 10));
         let case = |claims: Value| r.check(&claims, now).expect_err("rejected");
-        assert_eq!(case(json!({"iss": "https://idp", "aud": "tollgate"})), "jwt_missing_exp");
+        assert_eq!(
+            case(json!({"iss": "https://idp", "aud": "tollgate"})),
+            "jwt_missing_exp"
+        );
         assert_eq!(
             case(json!({"iss": "https://idp", "aud": "tollgate", "exp": "soon"})),
             "jwt_invalid_claims"
@@ -162,22 +168,38 @@ mod tests {
             "jwt_expired"
         );
         // Within the leeway.
-        assert!(r.check(&json!({"iss": "https://idp", "aud": "tollgate", "exp": now - 29}), now).is_ok());
+        assert!(
+            r.check(
+                &json!({"iss": "https://idp", "aud": "tollgate", "exp": now - 29}),
+                now
+            )
+            .is_ok()
+        );
         assert!(r.check(&json!({"iss": "https://idp", "aud": "tollgate", "exp": now + 60, "nbf": now + 30, "iat": now + 30}), now).is_ok());
         assert_eq!(
-            case(json!({"iss": "https://idp", "aud": "tollgate", "exp": now + 60, "nbf": now + 31})),
+            case(
+                json!({"iss": "https://idp", "aud": "tollgate", "exp": now + 60, "nbf": now + 31})
+            ),
             "jwt_not_yet_valid"
         );
         assert_eq!(
-            case(json!({"iss": "https://idp", "aud": "tollgate", "exp": now + 60, "iat": now + 31})),
+            case(
+                json!({"iss": "https://idp", "aud": "tollgate", "exp": now + 60, "iat": now + 31})
+            ),
             "jwt_issued_in_future"
         );
-        assert_eq!(case(json!({"aud": "tollgate", "exp": now + 60})), "jwt_wrong_issuer");
+        assert_eq!(
+            case(json!({"aud": "tollgate", "exp": now + 60})),
+            "jwt_wrong_issuer"
+        );
         assert_eq!(
             case(json!({"iss": ["https://idp"], "aud": "tollgate", "exp": now + 60})),
             "jwt_invalid_claims"
         );
-        assert_eq!(case(json!({"iss": "https://idp", "exp": now + 60})), "jwt_wrong_audience");
+        assert_eq!(
+            case(json!({"iss": "https://idp", "exp": now + 60})),
+            "jwt_wrong_audience"
+        );
         assert_eq!(
             case(json!({"iss": "https://idp", "aud": ["a", "b"], "exp": now + 60})),
             "jwt_wrong_audience"

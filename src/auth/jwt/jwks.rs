@@ -142,8 +142,6 @@ impl KeyStore {
                     changed = true;
                 }
                 Err(error) if slot.is_some() => {
-                    *slot = Some(Vec::new());
-                    changed = true;
                     tracing::warn!(url, %error, "JWKS fetch failed; keeping the last good keys");
                 }
                 Err(error) => {

@@ -113,7 +113,9 @@ fn parse_jwk(raw: Value) -> Result<VerifyingKey, String> {
             let alg = Algorithm::from_str(&declared.to_string())
                 .map_err(|_| format!("JWK {kid:?}: alg {declared} is not a signature alg"))?;
             if !kind.verifies(alg) {
-                return Err(format!("JWK {kid:?}: alg {declared} does not fit its key type"));
+                return Err(format!(
+                    "JWK {kid:?}: alg {declared} does not fit its key type"
+                ));
             }
             Some(alg)
         }
@@ -198,10 +200,19 @@ mod tests {
 
     #[test]
     fn pem_rejects_garbage_and_private_keys() {
-        assert!(parse_pem("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----", None).is_err());
+        assert!(
+            parse_pem(
+                "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----",
+                None
+            )
+            .is_err()
+        );
         assert!(parse_pem("hello", None).is_err());
-        let e = parse_pem("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----", None)
-            .expect_err("private");
+        let e = parse_pem(
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----",
+            None,
+        )
+        .expect_err("private");
         assert!(e.contains("private"), "{e}");
     }
 }

@@ -414,6 +414,10 @@ fn declares_unknown_alg(token: &str) -> bool {
     };
     serde_json::from_slice::<Value>(&bytes)
         .ok()
-        .and_then(|h| h.get("alg")?.as_str().map(|a| Algorithm::from_str(a).is_err()))
+        .and_then(|h| {
+            h.get("alg")?
+                .as_str()
+                .map(|a| Algorithm::from_str(a).is_err())
+        })
         .unwrap_or(false)
 }

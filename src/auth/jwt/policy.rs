@@ -80,7 +80,9 @@ impl Policy {
                 value => one_of(value, accepted),
             });
             if !satisfied {
-                return Err(format!("required claim `{path}` is missing or not accepted"));
+                return Err(format!(
+                    "required claim `{path}` is missing or not accepted"
+                ));
             }
         }
 
@@ -122,7 +124,10 @@ impl Policy {
     /// strings, duplicates removed, in order of appearance.
     fn scopes(&self, claims: &Value) -> Vec<String> {
         let mut scopes: Vec<String> = Vec::new();
-        let sources = [Some(self.scope_claim.as_str()), (self.scope_claim != "scp").then_some("scp")];
+        let sources = [
+            Some(self.scope_claim.as_str()),
+            (self.scope_claim != "scp").then_some("scp"),
+        ];
         for path in sources.into_iter().flatten() {
             let Some(value) = lookup(claims, path) else {
                 continue;
@@ -207,7 +212,10 @@ mod tests {
                 .collect();
         });
         let role = |claims| eval(&p, claims).expect("ok").role;
-        assert_eq!(role(json!({"roles": ["reader", "lead", "unknown"]})), Some(Role::TeamAdmin));
+        assert_eq!(
+            role(json!({"roles": ["reader", "lead", "unknown"]})),
+            Some(Role::TeamAdmin)
+        );
         assert_eq!(role(json!({"roles": "reader"})), Some(Role::Viewer));
         assert_eq!(role(json!({"roles": ["unknown"]})), None);
         assert_eq!(role(json!({})), None);

@@ -98,7 +98,11 @@ async fn every_algorithm_is_accepted_with_and_without_kid() {
     let idp = MockIdp::start().await;
     let v = verifier(&config(&idp));
     for alg in SIGNING_ALGORITHMS {
-        let claims = with(idp.standard_claims("alice"), "email", json!("alice@example.com"));
+        let claims = with(
+            idp.standard_claims("alice"),
+            "email",
+            json!("alice@example.com"),
+        );
         let id = v.verify(&idp.sign(alg, &claims)).await;
         let id = id.unwrap_or_else(|e| panic!("{alg:?} with kid: {e:?}"));
         assert_eq!(id.user_id.as_deref(), Some("alice"));
@@ -149,19 +153,31 @@ async fn every_failed_check_is_unauthorized() {
             sign(&with(good.clone(), "iat", json!(t + 120))),
             "jwt_issued_in_future",
         ),
-        ("missing exp", sign(&without(good.clone(), "exp")), "jwt_missing_exp"),
+        (
+            "missing exp",
+            sign(&without(good.clone(), "exp")),
+            "jwt_missing_exp",
+        ),
         (
             "wrong issuer",
             sign(&with(good.clone(), "iss", json!("https://evil.example"))),
             "jwt_wrong_issuer",
         ),
-        ("missing issuer", sign(&without(good.clone(), "iss")), "jwt_wrong_issuer"),
+        (
+            "missing issuer",
+            sign(&without(good.clone(), "iss")),
+            "jwt_wrong_issuer",
+        ),
         (
             "wrong audience",
             sign(&with(good.clone(), "aud", json!(["other", "another"]))),
             "jwt_wrong_audience",
         ),
-        ("missing audience", sign(&without(good.clone(), "aud")), "jwt_wrong_audience"),
+        (
+            "missing audience",
+            sign(&without(good.clone(), "aud")),
+            "jwt_wrong_audience",
+        ),
         (
             "unknown kid",
             idp.sign_with_kid(Algorithm::RS256, Some("no-such-kid"), &good),
@@ -194,7 +210,11 @@ async fn every_failed_check_is_unauthorized() {
             "jwt_too_large",
         ),
         ("garbage", "garbage".into(), "jwt_malformed"),
-        ("two segments", "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0".into(), "jwt_malformed"),
+        (
+            "two segments",
+            "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0".into(),
+            "jwt_malformed",
+        ),
         ("not JSON", "bm90.anNvbg.c2ln".into(), "jwt_malformed"),
         ("empty", String::new(), "jwt_malformed"),
     ];
@@ -244,7 +264,12 @@ async fn algorithms_outside_the_allow_list_are_refused() {
     v.verify(&idp.sign(Algorithm::ES256, &claims))
         .await
         .expect("ES256 allowed");
-    for alg in [Algorithm::RS256, Algorithm::PS256, Algorithm::EdDSA, Algorithm::ES384] {
+    for alg in [
+        Algorithm::RS256,
+        Algorithm::PS256,
+        Algorithm::EdDSA,
+        Algorithm::ES384,
+    ] {
         assert_eq!(
             reason(v.verify(&idp.sign(alg, &claims)).await),
             "jwt_alg_not_allowed",
@@ -323,7 +348,9 @@ async fn concurrent_unknown_kids_share_one_fetch() {
 
     // A fresh verifier whose set is loaded: 100 unknown kids cause exactly one fetch.
     let v = Arc::new(verifier(&config(&idp)));
-    v.verify(&idp.sign(Algorithm::RS256, &claims)).await.expect("load");
+    v.verify(&idp.sign(Algorithm::RS256, &claims))
+        .await
+        .expect("load");
     assert_eq!(idp.fetch_count(), 3);
     let tokens: Vec<String> = (0..100)
         .map(|i| idp.sign_with_kid(Algorithm::RS256, Some(&format!("ghost-{i}")), &claims))
@@ -373,7 +400,9 @@ async fn a_failed_refresh_keeps_the_last_good_keys() {
 
     idp.stop();
     v.store.refresh().await;
-    v.verify(&token).await.expect("kept after a refused connection");
+    v.verify(&token)
+        .await
+        .expect("kept after a refused connection");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -399,12 +428,16 @@ async fn periodic_refresh_follows_rotation_and_survives_an_outage() {
     // With the IdP down an on-demand refetch could not help: the periodic one did it.
     idp.set_available(false);
     let rotated = idp.sign(Algorithm::RS512, &claims);
-    v.verify(&rotated).await.expect("rotated keys from the periodic refresh");
+    v.verify(&rotated)
+        .await
+        .expect("rotated keys from the periodic refresh");
 
     // Failing refreshes keep the keys.
     let base = idp.fetch_count();
     idp.wait_for_fetches(base + 2).await;
-    v.verify(&rotated).await.expect("kept while the IdP is down");
+    v.verify(&rotated)
+        .await
+        .expect("kept while the IdP is down");
     cancel.cancel();
 }
 
@@ -486,7 +519,10 @@ async fn static_pem_keys_verify_without_any_jwks() {
         "jwt_unknown_kid"
     );
     assert_eq!(
-        reason(v.verify(&idp.sign_with_kid(Algorithm::ES384, Some("ec-static"), &claims)).await),
+        reason(
+            v.verify(&idp.sign_with_kid(Algorithm::ES384, Some("ec-static"), &claims))
+                .await
+        ),
         "jwt_key_mismatch"
     );
     assert_eq!(idp.fetch_count(), 0, "no JWKS configured, none fetched");
@@ -542,7 +578,9 @@ async fn allowed_email_domains() {
         }
         idp.sign(Algorithm::RS384, &claims)
     };
-    v.verify(&sign(Some("kate@Example.COM"))).await.expect("allowed");
+    v.verify(&sign(Some("kate@Example.COM")))
+        .await
+        .expect("allowed");
     denied(v.verify(&sign(Some("kate@example.org"))).await);
     denied(v.verify(&sign(Some("kate@notexample.com"))).await);
     denied(v.verify(&sign(None)).await);
@@ -638,7 +676,11 @@ async fn identity_fields() {
     // No team claim configured and no default: no team. A numeric user id is printed.
     let v = verifier(&policy_config(&idp, |c| c.user_id_claim = "uid".into()));
     let id = v
-        .verify(&sign(&with(idp.standard_claims("nora"), "uid", json!(1234))))
+        .verify(&sign(&with(
+            idp.standard_claims("nora"),
+            "uid",
+            json!(1234),
+        )))
         .await
         .expect("verified");
     assert_eq!(id.team_id, None);
