@@ -91,7 +91,8 @@ impl App {
                 .build()
                 .context("cannot build the JWKS client")?;
             let verifier = Arc::new(
-                crate::auth::jwt::JwtVerifier::new(&config.jwt, http).map_err(|e| anyhow::anyhow!(e))?,
+                crate::auth::jwt::JwtVerifier::new(&config.jwt, http)
+                    .map_err(|e| anyhow::anyhow!(e))?,
             );
             verifier.start_refresh(cancel.clone());
             Some(verifier)

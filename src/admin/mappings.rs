@@ -27,7 +27,10 @@ pub async fn create(
     Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<NewMapping>,
 ) -> Result<Json<Mapping>, AppError> {
-    MappingManager::new(&app, &caller).create(req).await.map(Json)
+    MappingManager::new(&app, &caller)
+        .create(req)
+        .await
+        .map(Json)
 }
 
 pub async fn update(
@@ -35,7 +38,10 @@ pub async fn update(
     Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<UpdateMapping>,
 ) -> Result<Json<Mapping>, AppError> {
-    MappingManager::new(&app, &caller).update(req).await.map(Json)
+    MappingManager::new(&app, &caller)
+        .update(req)
+        .await
+        .map(Json)
 }
 
 pub async fn delete(
@@ -52,7 +58,10 @@ pub async fn info(
     Extension(caller): Extension<Caller>,
     ApiQuery(q): ApiQuery<MappingId>,
 ) -> Result<Json<Mapping>, AppError> {
-    MappingManager::new(&app, &caller).find(&q.id).await.map(Json)
+    MappingManager::new(&app, &caller)
+        .find(&q.id)
+        .await
+        .map(Json)
 }
 
 pub async fn list(

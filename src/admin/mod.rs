@@ -74,8 +74,16 @@ pub fn router(app: Arc<App>) -> Router<Arc<App>> {
     .route("/team/info", TeamRead, get(teams::info))
     .route("/team/list", TeamRead, get(teams::list))
     .route("/jwt/key/mapping/new", MappingWrite, post(mappings::create))
-    .route("/jwt/key/mapping/update", MappingWrite, post(mappings::update))
-    .route("/jwt/key/mapping/delete", MappingWrite, post(mappings::delete))
+    .route(
+        "/jwt/key/mapping/update",
+        MappingWrite,
+        post(mappings::update),
+    )
+    .route(
+        "/jwt/key/mapping/delete",
+        MappingWrite,
+        post(mappings::delete),
+    )
     .route("/jwt/key/mapping/info", MappingRead, get(mappings::info))
     .route("/jwt/key/mapping/list", MappingRead, get(mappings::list))
     .route("/spend/logs", SpendRead, get(spend::logs))

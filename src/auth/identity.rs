@@ -73,7 +73,10 @@ impl Caller {
         Self {
             kind: CallerKind::Jwt,
             key: None,
-            team_id: team.as_ref().map(|t| t.team_id.clone()).or(identity.team_id),
+            team_id: team
+                .as_ref()
+                .map(|t| t.team_id.clone())
+                .or(identity.team_id),
             team,
             user_id: identity.user_id,
             role: role_override.or(identity.role),

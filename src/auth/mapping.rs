@@ -31,16 +31,23 @@ pub async fn resolve(app: &App, identity: JwtIdentity) -> Result<Caller, AppErro
     let value = identity.claim_str(claim);
     if identity.is_admin {
         if let Some(value) = &value {
-            remember(app, &cache_key(&identity.issuer, claim, value), PROXY_ADMIN, claim, value).await;
+            remember(
+                app,
+                &cache_key(&identity.issuer, claim, value),
+                PROXY_ADMIN,
+                claim,
+                value,
+            )
+            .await;
         }
         return Ok(Caller::from_jwt(identity, None, None));
     }
     let Some(value) = value else {
         return match config.unregistered_policy {
             UnregisteredPolicy::Fallback => fallback(app, identity).await,
-            UnregisteredPolicy::Reject | UnregisteredPolicy::AutoRegister => Err(AppError::JwtUnmapped(
-                format!("the token has no `{claim}` claim to map to a key"),
-            )),
+            UnregisteredPolicy::Reject | UnregisteredPolicy::AutoRegister => Err(
+                AppError::JwtUnmapped(format!("the token has no `{claim}` claim to map to a key")),
+            ),
         };
     };
     let key = cache_key(&identity.issuer, claim, &value);
@@ -63,7 +70,14 @@ pub async fn resolve(app: &App, identity: JwtIdentity) -> Result<Caller, AppErro
     }
     match mapped_key(app, &identity.issuer, claim, &value).await? {
         Some(found) => {
-            remember(app, &key, &format!("k:{}", found.key.key_hash), claim, &value).await;
+            remember(
+                app,
+                &key,
+                &format!("k:{}", found.key.key_hash),
+                claim,
+                &value,
+            )
+            .await;
             Ok(Caller::from_key(found.key, found.team))
         }
         None => {
@@ -74,7 +88,11 @@ pub async fn resolve(app: &App, identity: JwtIdentity) -> Result<Caller, AppErro
 }
 
 async fn remember(app: &App, key: &str, value: &str, claim: &str, claim_value: &str) {
-    if let Err(e) = app.mapping_cache.set(key, value, &cache_tag(claim, claim_value)).await {
+    if let Err(e) = app
+        .mapping_cache
+        .set(key, value, &cache_tag(claim, claim_value))
+        .await
+    {
         tracing::warn!(error = %e, "could not cache a mapping resolution");
     }
 }
@@ -101,7 +119,12 @@ async fn mapped_key(
     app.keys.resolve(&key.key_hash).await
 }
 
-async fn unregistered(app: &App, identity: JwtIdentity, claim: &str, value: &str) -> Result<Caller, AppError> {
+async fn unregistered(
+    app: &App,
+    identity: JwtIdentity,
+    claim: &str,
+    value: &str,
+) -> Result<Caller, AppError> {
     match app.config.jwt.unregistered_policy {
         UnregisteredPolicy::Reject => Err(AppError::JwtUnmapped(format!(
             "no virtual key is mapped to {claim} `{value}`"
@@ -120,16 +143,21 @@ async fn fallback(app: &App, identity: JwtIdentity) -> Result<Caller, AppError> 
 }
 
 /// Mints a key (and its mapping) for a new identity, race-safely.
-async fn auto_register(app: &App, identity: JwtIdentity, claim: &str, value: &str) -> Result<Caller, AppError> {
+async fn auto_register(
+    app: &App,
+    identity: JwtIdentity,
+    claim: &str,
+    value: &str,
+) -> Result<Caller, AppError> {
     let config = &app.config.jwt;
     if identity.team_id.is_none() && config.team_id_claim.is_some() {
         // Never mint a key outside the team structure the operator asked for.
         return Err(AppError::Forbidden("the token carries no team".into()));
     }
-    if let Some(team) = &identity.team_id {
-        if app.keys.team(team).await?.is_none() {
-            return Err(AppError::Forbidden("the token's team is not known".into()));
-        }
+    if let Some(team) = &identity.team_id
+        && app.keys.team(team).await?.is_none()
+    {
+        return Err(AppError::Forbidden("the token's team is not known".into()));
     }
     let limits = &config.auto_register;
     let fields = KeyFields {
@@ -153,7 +181,13 @@ async fn auto_register(app: &App, identity: JwtIdentity, claim: &str, value: &st
     let key_id = uuid::Uuid::new_v4().to_string();
     let minted: VirtualKey = app
         .store
-        .insert_key(&key_id, &hash, &secrets::display_name(&plaintext), &fields, Some("auto_register".into()))
+        .insert_key(
+            &key_id,
+            &hash,
+            &secrets::display_name(&plaintext),
+            &fields,
+            Some("auto_register".into()),
+        )
         .await?;
     let now = chrono::Utc::now();
     let mapping = Mapping {
@@ -174,11 +208,9 @@ async fn auto_register(app: &App, identity: JwtIdentity, claim: &str, value: &st
         Ok(_) => {
             tracing::info!(key_id = %minted.key_id, claim, "auto-registered a key for an SSO identity");
             remember(app, &cache, &format!("k:{hash}"), claim, value).await;
-            let resolved = app
-                .keys
-                .resolve(&hash)
-                .await?
-                .ok_or_else(|| AppError::Unavailable(anyhow::anyhow!("auto-registered key vanished")))?;
+            let resolved = app.keys.resolve(&hash).await?.ok_or_else(|| {
+                AppError::Unavailable(anyhow::anyhow!("auto-registered key vanished"))
+            })?;
             Ok(Caller::from_key(resolved.key, resolved.team))
         }
         Err(StoreError::Conflict) => {
@@ -186,7 +218,14 @@ async fn auto_register(app: &App, identity: JwtIdentity, claim: &str, value: &st
             app.store.delete_keys(std::slice::from_ref(&key_id)).await?;
             match mapped_key(app, &identity.issuer, claim, value).await? {
                 Some(winner) => {
-                    remember(app, &cache, &format!("k:{}", winner.key.key_hash), claim, value).await;
+                    remember(
+                        app,
+                        &cache,
+                        &format!("k:{}", winner.key.key_hash),
+                        claim,
+                        value,
+                    )
+                    .await;
                     Ok(Caller::from_key(winner.key, winner.team))
                 }
                 None => Err(AppError::MappingConflict),
@@ -198,4 +237,3 @@ async fn auto_register(app: &App, identity: JwtIdentity, claim: &str, value: &st
         }
     }
 }
-

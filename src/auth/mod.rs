@@ -52,7 +52,11 @@ pub enum Purpose {
 }
 
 /// Authenticates a request's headers.
-pub async fn authenticate(app: &App, headers: &HeaderMap, purpose: Purpose) -> Result<Caller, AppError> {
+pub async fn authenticate(
+    app: &App,
+    headers: &HeaderMap,
+    purpose: Purpose,
+) -> Result<Caller, AppError> {
     let token = bearer(headers).ok_or_else(|| unauthorized("missing_credential"))?;
     let hash = secrets::hash_secret(token);
     if let Some(master) = &app.master_key_hash {
@@ -67,17 +71,17 @@ pub async fn authenticate(app: &App, headers: &HeaderMap, purpose: Purpose) -> R
             None => Err(unauthorized("unknown_key")),
         };
     }
-    if let Some(verifier) = &app.jwt {
-        if jwt::JwtVerifier::looks_like_jwt(token) {
-            let identity = verifier.verify(token).await.map_err(|e| match e {
-                jwt::JwtError::Unauthorized(_) => AppError::Unauthorized,
-                jwt::JwtError::PolicyDenied(message) => AppError::JwtPolicyDenied(message),
-            })?;
-            return match purpose {
-                Purpose::Proxy => mapping::resolve(app, identity).await,
-                Purpose::Manage => Ok(Caller::from_jwt(identity, None, None)),
-            };
-        }
+    if let Some(verifier) = &app.jwt
+        && jwt::JwtVerifier::looks_like_jwt(token)
+    {
+        let identity = verifier.verify(token).await.map_err(|e| match e {
+            jwt::JwtError::Unauthorized(_) => AppError::Unauthorized,
+            jwt::JwtError::PolicyDenied(message) => AppError::JwtPolicyDenied(message),
+        })?;
+        return match purpose {
+            Purpose::Proxy => mapping::resolve(app, identity).await,
+            Purpose::Manage => Ok(Caller::from_jwt(identity, None, None)),
+        };
     }
     Err(unauthorized("malformed_credential"))
 }

@@ -71,7 +71,9 @@ pub fn cache_tag(claim: &str, value: &str) -> String {
 
 fn check_text(field: &str, value: &str) -> Result<(), AppError> {
     if value.trim().is_empty() || value.len() > 512 {
-        return Err(AppError::invalid(format!("field `{field}` must be 1-512 characters")));
+        return Err(AppError::invalid(format!(
+            "field `{field}` must be 1-512 characters"
+        )));
     }
     Ok(())
 }
@@ -86,7 +88,11 @@ impl<'a> MappingManager<'a> {
         Self { app, caller }
     }
 
-    async fn target_key(&self, key: Option<&str>, key_id: Option<&str>) -> Result<VirtualKey, AppError> {
+    async fn target_key(
+        &self,
+        key: Option<&str>,
+        key_id: Option<&str>,
+    ) -> Result<VirtualKey, AppError> {
         let found = match (key, key_id) {
             (_, Some(id)) => self.app.store.key_by_id(id).await?,
             (Some(k), None) => self.app.store.key_by_hash(&secrets::hash_secret(k)).await?,
@@ -101,11 +107,18 @@ impl<'a> MappingManager<'a> {
         let cache = &self.app.mapping_cache;
         let dropped = if mapping.jwt_issuer.is_empty() {
             cache
-                .delete_tag(&cache_tag(&mapping.jwt_claim_name, &mapping.jwt_claim_value))
+                .delete_tag(&cache_tag(
+                    &mapping.jwt_claim_name,
+                    &mapping.jwt_claim_value,
+                ))
                 .await
         } else {
             cache
-                .delete(&cache_key(&mapping.jwt_issuer, &mapping.jwt_claim_name, &mapping.jwt_claim_value))
+                .delete(&cache_key(
+                    &mapping.jwt_issuer,
+                    &mapping.jwt_claim_name,
+                    &mapping.jwt_claim_value,
+                ))
                 .await
         };
         if let Err(e) = dropped {
@@ -116,8 +129,14 @@ impl<'a> MappingManager<'a> {
     pub async fn create(&self, req: NewMapping) -> Result<Mapping, AppError> {
         check_text("jwt_claim_name", &req.jwt_claim_name)?;
         check_text("jwt_claim_value", &req.jwt_claim_value)?;
-        let key = self.target_key(req.key.as_deref(), req.key_id.as_deref()).await?;
-        check(self.caller, Capability::MappingWrite, key.team_id.as_deref())?;
+        let key = self
+            .target_key(req.key.as_deref(), req.key_id.as_deref())
+            .await?;
+        check(
+            self.caller,
+            Capability::MappingWrite,
+            key.team_id.as_deref(),
+        )?;
         let now = Utc::now();
         let mapping = Mapping {
             id: uuid::Uuid::new_v4().to_string(),
@@ -132,7 +151,12 @@ impl<'a> MappingManager<'a> {
             created_by: Some(self.caller.label.to_string()),
             updated_by: Some(self.caller.label.to_string()),
         };
-        let created = self.app.store.insert_mapping(&mapping).await.map_err(conflict)?;
+        let created = self
+            .app
+            .store
+            .insert_mapping(&mapping)
+            .await
+            .map_err(conflict)?;
         self.forget(&created).await;
         Ok(created)
     }
@@ -144,14 +168,24 @@ impl<'a> MappingManager<'a> {
             .mapping(id)
             .await?
             .ok_or_else(|| AppError::NotFound("mapping not found".into()))?;
-        let team = self.app.store.key_by_id(&mapping.key_id).await?.and_then(|k| k.team_id);
+        let team = self
+            .app
+            .store
+            .key_by_id(&mapping.key_id)
+            .await?
+            .and_then(|k| k.team_id);
         check(self.caller, Capability::MappingRead, team.as_deref())?;
         Ok(mapping)
     }
 
     pub async fn update(&self, req: UpdateMapping) -> Result<Mapping, AppError> {
         let existing = self.find(&req.id).await?;
-        let old_team = self.app.store.key_by_id(&existing.key_id).await?.and_then(|k| k.team_id);
+        let old_team = self
+            .app
+            .store
+            .key_by_id(&existing.key_id)
+            .await?
+            .and_then(|k| k.team_id);
         check(self.caller, Capability::MappingWrite, old_team.as_deref())?;
         let mut updated = existing.clone();
         if let Some(v) = req.jwt_claim_name {
@@ -166,8 +200,14 @@ impl<'a> MappingManager<'a> {
             updated.jwt_issuer = v.unwrap_or_default();
         }
         if req.key.is_some() || req.key_id.is_some() {
-            let key = self.target_key(req.key.as_deref(), req.key_id.as_deref()).await?;
-            check(self.caller, Capability::MappingWrite, key.team_id.as_deref())?;
+            let key = self
+                .target_key(req.key.as_deref(), req.key_id.as_deref())
+                .await?;
+            check(
+                self.caller,
+                Capability::MappingWrite,
+                key.team_id.as_deref(),
+            )?;
             updated.key_id = key.key_id;
         }
         if let Some(v) = req.description {
@@ -192,7 +232,12 @@ impl<'a> MappingManager<'a> {
 
     pub async fn delete(&self, id: &str) -> Result<Mapping, AppError> {
         let existing = self.find(id).await?;
-        let team = self.app.store.key_by_id(&existing.key_id).await?.and_then(|k| k.team_id);
+        let team = self
+            .app
+            .store
+            .key_by_id(&existing.key_id)
+            .await?
+            .and_then(|k| k.team_id);
         check(self.caller, Capability::MappingWrite, team.as_deref())?;
         let deleted = self
             .app
@@ -212,9 +257,9 @@ impl<'a> MappingManager<'a> {
 
 fn conflict(e: StoreError) -> AppError {
     match e {
-        StoreError::Conflict => {
-            AppError::Conflict("a mapping for this issuer, claim name and value already exists".into())
-        }
+        StoreError::Conflict => AppError::Conflict(
+            "a mapping for this issuer, claim name and value already exists".into(),
+        ),
         StoreError::MissingReference => AppError::invalid("field `key_id`: no such key"),
         other => other.into(),
     }

@@ -14,8 +14,14 @@ use moka::sync::Cache;
 use super::redis::RedisConn;
 
 pub enum SharedCache {
-    Redis { conn: RedisConn, ttl: Duration },
-    Local { entries: Cache<String, String>, tags: Cache<String, Vec<String>> },
+    Redis {
+        conn: RedisConn,
+        ttl: Duration,
+    },
+    Local {
+        entries: Cache<String, String>,
+        tags: Cache<String, Vec<String>>,
+    },
 }
 
 impl SharedCache {
@@ -23,8 +29,14 @@ impl SharedCache {
         match redis {
             Some(conn) => Self::Redis { conn, ttl },
             None => Self::Local {
-                entries: Cache::builder().max_capacity(200_000).time_to_live(ttl).build(),
-                tags: Cache::builder().max_capacity(200_000).time_to_live(ttl).build(),
+                entries: Cache::builder()
+                    .max_capacity(200_000)
+                    .time_to_live(ttl)
+                    .build(),
+                tags: Cache::builder()
+                    .max_capacity(200_000)
+                    .time_to_live(ttl)
+                    .build(),
             },
         }
     }
