@@ -34,6 +34,8 @@ pub struct App {
     pub invalidator: crate::invalidation::Invalidator,
     /// JWT verification, when `jwt.enabled`.
     pub jwt: Option<Arc<crate::auth::jwt::JwtVerifier>>,
+    /// Delegated validation of other token shapes, when `auth_webhook.url` is set.
+    pub auth_webhook: Option<crate::auth::webhook::AuthWebhook>,
     /// Pooled client for Ollama.
     pub upstream: Upstream,
     /// Batched usage and spend writer.
@@ -130,6 +132,9 @@ impl App {
             metrics: crate::telemetry::metrics_handle(),
             cancel,
             jwt,
+            auth_webhook: crate::auth::webhook::AuthWebhook::new(&config.auth_webhook)
+                .transpose()
+                .context("cannot build the auth webhook client")?,
             config,
         }))
     }

@@ -48,7 +48,14 @@ async fn require(
     mut req: Request,
     next: Next,
 ) -> Result<Response, AppError> {
-    let caller = authenticate(&app, req.headers(), crate::auth::Purpose::Manage).await?;
+    let caller = authenticate(
+        &app,
+        req.method(),
+        req.uri(),
+        req.headers(),
+        crate::auth::Purpose::Manage,
+    )
+    .await?;
     check_any(&caller, capability)?;
     req.extensions_mut().insert(caller);
     Ok(next.run(req).await)

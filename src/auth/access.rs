@@ -48,6 +48,9 @@ pub fn model_patterns(caller: &Caller) -> Option<&[String]> {
     if caller.is_admin() {
         return None;
     }
+    if !caller.models.is_empty() {
+        return Some(&caller.models);
+    }
     if let Some(key) = &caller.key
         && !key.models.is_empty()
     {

@@ -85,6 +85,7 @@ mod tests {
             team_id: team.map(String::from),
             role,
             label: Arc::from("t"),
+            models: Arc::from([]),
         }
     }
 

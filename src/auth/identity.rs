@@ -14,6 +14,8 @@ pub enum CallerKind {
     VirtualKey,
     /// An SSO identity's JWT, running under its team (fallback) or as an admin.
     Jwt,
+    /// A token the auth webhook allowed.
+    Webhook,
 }
 
 /// An authenticated caller.
@@ -30,6 +32,8 @@ pub struct Caller {
     pub role: Option<Role>,
     /// What logs and the live feed show: a key's display name, never the key.
     pub label: Arc<str>,
+    /// Models an auth-webhook answer bounded the request to (empty: no bound).
+    pub models: Arc<[String]>,
 }
 
 impl Caller {
@@ -42,6 +46,7 @@ impl Caller {
             team_id: None,
             role: Some(Role::ProxyAdmin),
             label: Arc::from("master_key"),
+            models: Arc::from([]),
         }
     }
 
@@ -54,6 +59,7 @@ impl Caller {
             key: Some(key),
             team,
             role: None,
+            models: Arc::from([]),
         }
     }
 
@@ -81,6 +87,32 @@ impl Caller {
             user_id: identity.user_id,
             role: role_override.or(identity.role),
             label: Arc::from(label),
+            models: Arc::from([]),
+        }
+    }
+
+    /// A caller the auth webhook allowed, bounded by its answer.
+    pub fn from_webhook(
+        grant: &crate::auth::webhook::WebhookGrant,
+        team: Option<Arc<Team>>,
+    ) -> Self {
+        let label = grant
+            .user_id
+            .as_deref()
+            .map(|u| format!("webhook:{u}"))
+            .unwrap_or_else(|| "webhook".to_string());
+        Self {
+            kind: CallerKind::Webhook,
+            key: None,
+            team_id: team
+                .as_ref()
+                .map(|t| t.team_id.clone())
+                .or_else(|| grant.team_id.clone()),
+            team,
+            user_id: grant.user_id.clone(),
+            role: None,
+            label: Arc::from(label),
+            models: Arc::from(grant.models.clone()),
         }
     }
 

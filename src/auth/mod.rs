@@ -11,12 +11,13 @@ pub mod jwt;
 pub mod keys;
 pub mod mapping;
 pub mod secrets;
+pub mod webhook;
 
 use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
-use axum::http::HeaderMap;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method, Uri};
 use subtle::ConstantTimeEq;
 
 pub use identity::{Caller, CallerKind};
@@ -51,9 +52,11 @@ pub enum Purpose {
     Manage,
 }
 
-/// Authenticates a request's headers.
+/// Authenticates a request (its method and URI matter only to the auth webhook).
 pub async fn authenticate(
     app: &App,
+    method: &Method,
+    uri: &Uri,
     headers: &HeaderMap,
     purpose: Purpose,
 ) -> Result<Caller, AppError> {
@@ -83,6 +86,14 @@ pub async fn authenticate(
             Purpose::Manage => Ok(Caller::from_jwt(identity, None, None)),
         };
     }
+    if let Some(webhook) = &app.auth_webhook {
+        let grant = webhook.check(token, &hash, method, uri, headers).await?;
+        let team = match &grant.team_id {
+            Some(team_id) => app.keys.team(team_id).await?,
+            None => None,
+        };
+        return Ok(Caller::from_webhook(&grant, team));
+    }
     Err(unauthorized("malformed_credential"))
 }
 
@@ -90,6 +101,13 @@ impl FromRequestParts<Arc<App>> for Caller {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, AppError> {
-        authenticate(app, &parts.headers, Purpose::Manage).await
+        authenticate(
+            app,
+            &parts.method,
+            &parts.uri,
+            &parts.headers,
+            Purpose::Manage,
+        )
+        .await
     }
 }

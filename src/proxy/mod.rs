@@ -104,7 +104,14 @@ pub async fn forward(
 ) -> Result<Response, AppError> {
     let started = Instant::now();
     let started_at = chrono::Utc::now();
-    let caller = auth::authenticate(&app, req.headers(), auth::Purpose::Proxy).await?;
+    let caller = auth::authenticate(
+        &app,
+        req.method(),
+        req.uri(),
+        req.headers(),
+        auth::Purpose::Proxy,
+    )
+    .await?;
 
     // SPEC §5.2, checks 2–4, before anything is sent upstream.
     access::check_key_state(&caller, started_at)?;

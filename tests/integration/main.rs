@@ -16,5 +16,8 @@ mod invalidation;
 mod keys;
 mod keys_support;
 mod limits;
+mod limits_shared;
 mod proxy;
 mod storage;
+mod teams;
+mod webhook;
