@@ -44,6 +44,8 @@ pub struct App {
     pub mapping_cache: crate::store::shared_cache::SharedCache,
     /// Admission control for keys and teams.
     pub limiter: crate::limits::Limiter,
+    /// Live feed of finished requests (the console's WebSocket).
+    pub events: crate::telemetry::events::EventFeed,
     /// Proxied responses still being streamed (drained on shutdown).
     pub in_flight: crate::proxy::InFlight,
 }
@@ -115,6 +117,7 @@ impl App {
             upstream,
             master_key_hash,
             in_flight: crate::proxy::InFlight::default(),
+            events: crate::telemetry::events::EventFeed::default(),
             mapping_cache: crate::store::shared_cache::SharedCache::new(
                 redis.clone(),
                 Duration::from_secs(config.jwt.mapping_cache_ttl_s.max(1)),

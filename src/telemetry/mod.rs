@@ -2,6 +2,8 @@
 //!
 //! Metric names live here as constants so every counter is declared in one place.
 
+pub mod events;
+
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
