@@ -26,6 +26,8 @@ pub struct App {
     pub metrics: PrometheusHandle,
     /// Fired when the shutdown grace period ends: in-flight streams stop.
     pub cancel: CancellationToken,
+    /// Fired when shutdown starts (no new connections): long-lived sockets close now.
+    pub stopping: CancellationToken,
     /// SHA-256 of `server.master_key` (compared in constant time), if set.
     pub master_key_hash: Option<String>,
     /// Virtual key and team lookups, cached.
@@ -134,6 +136,7 @@ impl App {
             redis,
             metrics: crate::telemetry::metrics_handle(),
             cancel,
+            stopping: CancellationToken::new(),
             jwt,
             auth_webhook: crate::auth::webhook::AuthWebhook::new(&config.auth_webhook)
                 .transpose()

@@ -19,14 +19,15 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     crate::usage::spawn_budget_resets(&app);
     let grace = Duration::from_secs(app.config.server.shutdown_grace_s);
-    let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
+    let stopping = app.stopping.clone();
     let server = axum::serve(listener, router).with_graceful_shutdown(async move {
         shutdown.await;
         tracing::info!("shutting down: no longer accepting connections");
-        let _ = stopping_tx.send(true);
+        stopping.cancel();
     });
+    let stopping = app.stopping.clone();
     let grace_expired = async move {
-        drop(stopping_rx.wait_for(|stopping| *stopping).await);
+        stopping.cancelled().await;
         tokio::time::sleep(grace).await;
     };
     tokio::select! {

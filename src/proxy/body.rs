@@ -70,20 +70,22 @@ impl UsageTicket {
             "proxied"
         );
         let latency_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
-        self.app.events.publish(|| crate::telemetry::events::RequestEvent {
-            time: chrono::Utc::now(),
-            request_id: self.request_id.to_string(),
-            key_name: self.label.to_string(),
-            key_id: self.key_id.clone(),
-            team_id: self.team_id.clone(),
-            model: self.model.clone(),
-            route: self.route.to_string(),
-            status: status.to_string(),
-            http_status: self.http_status,
-            prompt_tokens: tokens.prompt,
-            completion_tokens: tokens.completion,
-            latency_ms,
-        });
+        self.app
+            .events
+            .publish(|| crate::telemetry::events::RequestEvent {
+                time: chrono::Utc::now(),
+                request_id: self.request_id.to_string(),
+                key_name: self.label.to_string(),
+                key_id: self.key_id.clone(),
+                team_id: self.team_id.clone(),
+                model: self.model.clone(),
+                route: self.route.to_string(),
+                status: status.to_string(),
+                http_status: self.http_status,
+                prompt_tokens: tokens.prompt,
+                completion_tokens: tokens.completion,
+                latency_ms,
+            });
         self.app.spend.record(UsageRow {
             request_id: self.request_id.to_string(),
             key_id: self.key_id.take(),
