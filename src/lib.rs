@@ -12,6 +12,7 @@ pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod http;
 pub mod invalidation;
 pub mod limits;

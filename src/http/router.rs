@@ -22,6 +22,7 @@ pub fn build(app: Arc<App>) -> Router {
         .route("/metrics", get(ops::metrics))
         .merge(crate::proxy::router())
         .merge(crate::admin::router(app.clone()))
+        .merge(crate::console::router(app.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

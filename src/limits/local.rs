@@ -18,7 +18,8 @@ struct State {
     in_flight: u64,
     /// Spend of the current period seen by this process, seeded from the database.
     spend: Option<f64>,
-    period_end: Option<chrono::DateTime<chrono::Utc>>,
+    /// The budget period `spend` belongs to (see [`Period`]).
+    period: Option<Period>,
     reserved_cost: f64,
 }
 
@@ -40,16 +41,37 @@ impl State {
         }
     }
 
+    /// Spend in the subject's current budget period. The counter follows the period the
+    /// store reports: a new `budget_reset_at` (reset job, changed `budget_duration`)
+    /// starts again from the stored spend, and a period that has ended before the store
+    /// caught up starts from zero — the same rule as the Redis limiter's counters.
     fn spend(&mut self, subject: &Subject) -> f64 {
-        let now = chrono::Utc::now();
-        if self.period_end.is_some_and(|end| now >= end) {
-            self.spend = Some(0.0);
-            self.period_end = subject.budget_reset_at.filter(|end| *end > now);
+        let period = Period::of(subject, chrono::Utc::now());
+        if self.period != Some(period) || self.spend.is_none() {
+            self.period = Some(period);
+            self.spend = Some(if period.ended {
+                0.0
+            } else {
+                subject.stored_spend
+            });
         }
-        *self.spend.get_or_insert_with(|| {
-            self.period_end = subject.budget_reset_at;
-            subject.stored_spend
-        })
+        self.spend.unwrap_or(0.0)
+    }
+}
+
+/// Identifies a budget period: the end the store reported, and whether it has passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Period {
+    end: Option<chrono::DateTime<chrono::Utc>>,
+    ended: bool,
+}
+
+impl Period {
+    fn of(subject: &Subject, now: chrono::DateTime<chrono::Utc>) -> Self {
+        Self {
+            end: subject.budget_reset_at,
+            ended: subject.budget_reset_at.is_some_and(|end| end <= now),
+        }
     }
 }
 
@@ -259,6 +281,34 @@ mod tests {
         let p = l.admit(&s, Demand::default()).expect("under budget");
         l.settle(p, 10, 0.6);
         assert_eq!(l.admit(&s, Demand::default()).err(), Some(Refusal::Budget));
+    }
+
+    #[test]
+    fn a_new_budget_period_from_the_store_starts_fresh() {
+        let l = LocalLimiter::default();
+        let mut k = key(None, None, None, Some(1.0));
+        k.budget_reset_at = Some(chrono::Utc::now() + chrono::Duration::days(30));
+        let p = l
+            .admit(std::slice::from_ref(&k), Demand::default())
+            .expect("under budget");
+        l.settle(p, 10, 2.0);
+        assert_eq!(
+            l.admit(std::slice::from_ref(&k), Demand::default()).err(),
+            Some(Refusal::Budget)
+        );
+        // The store reset the period: spend 0, a new end.
+        k.stored_spend = 0.0;
+        k.budget_reset_at = Some(chrono::Utc::now() + chrono::Duration::days(60));
+        assert!(l.admit(std::slice::from_ref(&k), Demand::default()).is_ok());
+    }
+
+    #[test]
+    fn an_ended_period_starts_from_zero_before_the_store_catches_up() {
+        let l = LocalLimiter::default();
+        let mut k = key(None, None, None, Some(1.0));
+        k.stored_spend = 5.0;
+        k.budget_reset_at = Some(chrono::Utc::now() - chrono::Duration::seconds(1));
+        assert!(l.admit(&[k], Demand::default()).is_ok());
     }
 
     #[test]

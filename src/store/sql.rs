@@ -203,14 +203,17 @@ impl Store for SqlStore {
     }
 
     async fn delete_keys(&self, key_ids: &[String]) -> StoreResult<Vec<VirtualKey>> {
-        let txn = self.db.begin().await?;
+        // Read outside the transaction: on SQLite a deferred transaction that reads and
+        // then writes cannot wait for the write lock (it fails at once under concurrent
+        // writers), while one that starts by writing waits its turn.
         let keys: Vec<VirtualKey> = virtual_key::Entity::find()
             .filter(virtual_key::Column::Id.is_in(key_ids.iter().cloned()))
-            .all(&txn)
+            .all(&self.db)
             .await?
             .into_iter()
             .map(Into::into)
             .collect();
+        let txn = self.db.begin().await?;
         // Mappings go with their key (the foreign key cascades too; this keeps SQLite
         // connections without the pragma correct).
         jwt_key_mapping::Entity::delete_many()
@@ -283,9 +286,9 @@ impl Store for SqlStore {
     }
 
     async fn delete_team(&self, team_id: &str) -> StoreResult<Option<Vec<String>>> {
-        let txn = self.db.begin().await?;
+        // Reads first, outside the transaction (see `delete_keys`).
         if team::Entity::find_by_id(team_id.to_string())
-            .one(&txn)
+            .one(&self.db)
             .await?
             .is_none()
         {
@@ -296,10 +299,19 @@ impl Store for SqlStore {
             .select_only()
             .column(virtual_key::Column::Id)
             .into_tuple()
-            .all(&txn)
+            .all(&self.db)
             .await?;
+        let txn = self.db.begin().await?;
         jwt_key_mapping::Entity::delete_many()
-            .filter(jwt_key_mapping::Column::KeyId.is_in(key_ids.iter().cloned()))
+            .filter(
+                jwt_key_mapping::Column::KeyId.in_subquery(
+                    sea_orm::sea_query::Query::select()
+                        .column(virtual_key::Column::Id)
+                        .from(virtual_key::Entity)
+                        .and_where(virtual_key::Column::TeamId.eq(team_id))
+                        .to_owned(),
+                ),
+            )
             .exec(&txn)
             .await?;
         virtual_key::Entity::delete_many()

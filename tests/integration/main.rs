@@ -11,12 +11,16 @@ mod support;
 
 mod cli;
 mod clients;
+mod console;
 mod foundation;
 mod invalidation;
+mod jwt;
+mod jwt_support;
 mod keys;
 mod keys_support;
 mod limits;
 mod limits_shared;
+mod mappings;
 mod proxy;
 mod storage;
 mod teams;

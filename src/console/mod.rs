@@ -1,0 +1,185 @@
+//! The admin console (SPEC §10): a single-page app served from assets embedded in the
+//! binary, plus the two routes behind its live request feed.
+//!
+//! - `GET /ui` (and `/ui/app.js`, `/ui/app.css`): the console. Static, no secrets, no
+//!   external resources; it signs in with the master key or an admin JWT and calls the
+//!   management API with it.
+//! - `POST /auth/ws-ticket` (authenticated, `spend:read`): a single-use ticket for
+//!   the WebSocket, see [`tickets`].
+//! - `GET /ws/events?ticket=…`: the live feed, see [`ws`].
+
+pub mod tickets;
+pub mod ws;
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use serde::Serialize;
+
+use crate::app::App;
+use crate::auth::authorize::{Capability, check, check_any};
+use crate::auth::{Caller, Purpose, authenticate};
+use crate::http::AppError;
+use crate::telemetry::redact;
+use tickets::{Grant, TICKET_TTL, TicketStore};
+
+const INDEX_HTML: &str = include_str!("assets/index.html");
+const APP_JS: &str = include_str!("assets/app.js");
+const APP_CSS: &str = include_str!("assets/app.css");
+
+/// What the console's routes share: the app and the ticket store (one per router, so
+/// one per process; Redis makes it common to every instance).
+pub struct Console {
+    pub app: Arc<App>,
+    pub tickets: TicketStore,
+}
+
+/// The console's routes, ready to merge into the main router.
+pub fn router(app: Arc<App>) -> Router<Arc<App>> {
+    let tickets = TicketStore::new(app.redis.clone());
+    router_with(app, tickets)
+}
+
+/// [`router`] with a given ticket store (tests inject a clock through it).
+pub fn router_with(app: Arc<App>, tickets: TicketStore) -> Router<Arc<App>> {
+    let console = Arc::new(Console { app, tickets });
+    Router::new()
+        .route(
+            "/auth/ws-ticket",
+            post(issue_ticket).route_layer(axum::middleware::from_fn_with_state(
+                console.clone(),
+                |State(console): State<Arc<Console>>, req: Request, next: Next| {
+                    require(console, Capability::SpendRead, req, next)
+                },
+            )),
+        )
+        .route("/ws/events", get(ws::events))
+        .route("/ui", get(index))
+        .route("/ui/", get(|| async { Redirect::permanent("/ui") }))
+        .route("/ui/app.js", get(app_js))
+        .route("/ui/app.css", get(app_css))
+        .with_state(console)
+}
+
+/// The same gate as every management route: authenticate, then demand the capability
+/// (the [`Caller`] is left in the request extensions).
+async fn require(
+    console: Arc<Console>,
+    capability: Capability,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, AppError> {
+    let caller = authenticate(
+        &console.app,
+        req.method(),
+        req.uri(),
+        req.headers(),
+        Purpose::Manage,
+    )
+    .await?;
+    check_any(&caller, capability)?;
+    req.extensions_mut().insert(caller);
+    Ok(next.run(req).await)
+}
+
+#[derive(Debug, Serialize)]
+pub struct IssuedTicket {
+    pub ticket: String,
+    pub ttl_seconds: u64,
+}
+
+/// `POST /auth/ws-ticket`. Proxy admins' tickets see every request; a team role's
+/// ticket sees only its own team's requests.
+async fn issue_ticket(
+    State(console): State<Arc<Console>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Response, AppError> {
+    let team_id = if check(&caller, Capability::SpendRead, None).is_ok() {
+        None
+    } else {
+        let team = caller
+            .team_id
+            .clone()
+            .ok_or_else(|| AppError::Forbidden("not allowed to perform this action".into()))?;
+        check(&caller, Capability::SpendRead, Some(&team))?;
+        Some(team)
+    };
+    let grant = Grant {
+        label: caller.label.to_string(),
+        team_id,
+    };
+    let ticket = console
+        .tickets
+        .issue(&grant)
+        .await
+        .map_err(|e| AppError::Unavailable(e.into()))?;
+    tracing::info!(ticket = %redact(&ticket), caller = %caller.label, "issued a console ticket");
+    let body = IssuedTicket {
+        ticket,
+        ttl_seconds: TICKET_TTL.as_secs(),
+    };
+    let mut response = Json(body).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// The console page may load only its own script and style sheet and talk only to this
+/// origin (the management API and the feed).
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
+    style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; \
+    form-action 'none'; frame-ancestors 'none'";
+
+fn asset(body: &'static str, content_type: &'static str) -> Response {
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn index() -> Response {
+    asset(INDEX_HTML, "text/html; charset=utf-8")
+}
+
+async fn app_js() -> Response {
+    asset(APP_JS, "text/javascript; charset=utf-8")
+}
+
+async fn app_css() -> Response {
+    asset(APP_CSS, "text/css; charset=utf-8")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn assets_reference_nothing_outside_the_binary() {
+        for (name, text) in [
+            ("index.html", INDEX_HTML),
+            ("app.js", APP_JS),
+            ("app.css", APP_CSS),
+        ] {
+            assert!(!text.contains("http://"), "{name} mentions http://");
+            assert!(!text.contains("https://"), "{name} mentions https://");
+            assert!(!text.contains("@import"), "{name} imports a style sheet");
+        }
+        assert!(INDEX_HTML.contains(r#"<script src="/ui/app.js""#));
+        assert!(INDEX_HTML.contains(r#"href="/ui/app.css""#));
+    }
+}

@@ -1,0 +1,353 @@
+//! Helpers shared by the SSO tests (issue 5, SPEC §6.1–§6.3, §6.5): a gateway configured
+//! against a [`MockIdp`], tokens for it, a store wrapper that counts mapping-table
+//! queries, and shortcuts for mappings, `/api/tags` and usage rows.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use jsonwebtoken::Algorithm;
+use serde_json::{Value, json};
+use testkit::idp::MockIdp;
+use tollgate::config::{Config, UnregisteredPolicy};
+use tollgate::store::{
+    KeyFields, KeyFilter, Mapping, Page, Store, StoreResult, Team, TeamFields, UsageFilter,
+    UsageRow, VirtualKey,
+};
+
+use crate::keys_support::{chat_once, ok_json};
+use crate::support::*;
+
+/// The `__NO_MAPPING__` sentinel of SPEC §6.3.
+pub const NO_MAPPING: &str = "__NO_MAPPING__";
+/// The `__JWT_PROXY_ADMIN__` sentinel of SPEC §6.3.
+pub const PROXY_ADMIN: &str = "__JWT_PROXY_ADMIN__";
+/// The claim every test maps (`jwt.virtual_key_claim`).
+pub const CLAIM: &str = "email";
+
+/// `jwt:` enabled against `idp` (JWKS URL, issuer, audience `tollgate`), mapping the
+/// `email` claim with `policy`. Clone it to configure a second instance the same way.
+pub fn sso(
+    idp: &MockIdp,
+    policy: UnregisteredPolicy,
+) -> impl Fn(&mut Config) + Clone + Send + Sync + use<> {
+    sso_many(&[idp], policy)
+}
+
+/// [`sso`] trusting several identity providers at once.
+pub fn sso_many(
+    idps: &[&MockIdp],
+    policy: UnregisteredPolicy,
+) -> impl Fn(&mut Config) + Clone + Send + Sync + use<> {
+    let jwks: Vec<String> = idps.iter().map(|i| i.jwks_url()).collect();
+    let issuers: Vec<String> = idps.iter().map(|i| i.issuer()).collect();
+    move |c: &mut Config| {
+        c.jwt.enabled = true;
+        c.jwt.jwks_urls = jwks.clone();
+        c.jwt.issuers = issuers.clone();
+        c.jwt.audiences = vec!["tollgate".into()];
+        c.jwt.virtual_key_claim = Some(CLAIM.into());
+        c.jwt.unregistered_policy = policy;
+    }
+}
+
+/// `idp.standard_claims(sub)` plus `email` (when given).
+pub fn person(idp: &MockIdp, sub: &str, email: Option<&str>) -> Value {
+    let mut claims = idp.standard_claims(sub);
+    if let Some(email) = email {
+        claims["email"] = json!(email);
+    }
+    claims
+}
+
+/// `claims` signed with the IdP's current RS256 key.
+pub fn token(idp: &MockIdp, claims: &Value) -> String {
+    idp.sign(Algorithm::RS256, claims)
+}
+
+/// A signed token for `sub` with `email`.
+pub fn token_for(idp: &MockIdp, sub: &str, email: &str) -> String {
+    token(idp, &person(idp, sub, Some(email)))
+}
+
+/// The shared-cache key of a resolution: `jwt_key_mapping:{issuer}:{claim}:{value}`.
+pub fn cache_key(issuer: &str, value: &str) -> String {
+    format!("jwt_key_mapping:{issuer}:{CLAIM}:{value}")
+}
+
+/// What the app's mapping cache holds for (issuer, `email`, value).
+pub async fn cached(app: &TestApp, issuer: &str, value: &str) -> Option<String> {
+    app.app
+        .mapping_cache
+        .get(&cache_key(issuer, value))
+        .await
+        .expect("reading the mapping cache")
+}
+
+/// Writes `entry` into the app's mapping cache for (issuer, `email`, value), bypassing
+/// the resolver (e.g. a stale sentinel).
+pub async fn seed_cache(app: &TestApp, issuer: &str, value: &str, entry: &str) {
+    app.app
+        .mapping_cache
+        .set(
+            &cache_key(issuer, value),
+            entry,
+            &tollgate::manage::mappings::cache_tag(CLAIM, value),
+        )
+        .await
+        .expect("writing the mapping cache");
+}
+
+// ------------------------------------------------------------------ counting store
+
+/// Delegates every call to the real store and counts `find_mappings` (the mapping-table
+/// lookup of the resolver).
+pub struct CountingStore {
+    inner: Arc<dyn Store>,
+    find_mappings: Arc<AtomicUsize>,
+}
+
+/// A handle on a [`CountingStore`]'s counter.
+#[derive(Clone, Default)]
+pub struct Lookups(Arc<AtomicUsize>);
+
+impl Lookups {
+    /// `find_mappings` calls so far.
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    /// A `map_app` hook that wraps the app's store in a [`CountingStore`] feeding this
+    /// counter.
+    pub fn wrap(&self) -> impl FnOnce(tollgate::app::App) -> tollgate::app::App + Send + 'static {
+        let counter = self.0.clone();
+        move |mut app| {
+            app.store = Arc::new(CountingStore {
+                inner: app.store.clone(),
+                find_mappings: counter,
+            });
+            app
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for CountingStore {
+    async fn ping(&self) -> StoreResult<()> {
+        self.inner.ping().await
+    }
+    async fn insert_key(
+        &self,
+        key_id: &str,
+        key_hash: &str,
+        key_name: &str,
+        fields: &KeyFields,
+        created_by: Option<String>,
+    ) -> StoreResult<VirtualKey> {
+        self.inner
+            .insert_key(key_id, key_hash, key_name, fields, created_by)
+            .await
+    }
+    async fn key_by_hash(&self, key_hash: &str) -> StoreResult<Option<VirtualKey>> {
+        self.inner.key_by_hash(key_hash).await
+    }
+    async fn key_by_id(&self, key_id: &str) -> StoreResult<Option<VirtualKey>> {
+        self.inner.key_by_id(key_id).await
+    }
+    async fn update_key(
+        &self,
+        key_id: &str,
+        fields: &KeyFields,
+    ) -> StoreResult<Option<VirtualKey>> {
+        self.inner.update_key(key_id, fields).await
+    }
+    async fn rehash_key(
+        &self,
+        key_id: &str,
+        key_hash: &str,
+        key_name: &str,
+    ) -> StoreResult<Option<VirtualKey>> {
+        self.inner.rehash_key(key_id, key_hash, key_name).await
+    }
+    async fn delete_keys(&self, key_ids: &[String]) -> StoreResult<Vec<VirtualKey>> {
+        self.inner.delete_keys(key_ids).await
+    }
+    async fn list_keys(
+        &self,
+        filter: &KeyFilter,
+        page: Page,
+    ) -> StoreResult<(Vec<VirtualKey>, u64)> {
+        self.inner.list_keys(filter, page).await
+    }
+    async fn insert_team(&self, team_id: &str, fields: &TeamFields) -> StoreResult<Team> {
+        self.inner.insert_team(team_id, fields).await
+    }
+    async fn team(&self, team_id: &str) -> StoreResult<Option<Team>> {
+        self.inner.team(team_id).await
+    }
+    async fn update_team(&self, team_id: &str, fields: &TeamFields) -> StoreResult<Option<Team>> {
+        self.inner.update_team(team_id, fields).await
+    }
+    async fn delete_team(&self, team_id: &str) -> StoreResult<Option<Vec<String>>> {
+        self.inner.delete_team(team_id).await
+    }
+    async fn team_key_count(&self, team_id: &str) -> StoreResult<u64> {
+        self.inner.team_key_count(team_id).await
+    }
+    async fn list_teams(&self, page: Page) -> StoreResult<(Vec<Team>, u64)> {
+        self.inner.list_teams(page).await
+    }
+    async fn insert_mapping(&self, mapping: &Mapping) -> StoreResult<Mapping> {
+        self.inner.insert_mapping(mapping).await
+    }
+    async fn mapping(&self, id: &str) -> StoreResult<Option<Mapping>> {
+        self.inner.mapping(id).await
+    }
+    async fn find_mappings(
+        &self,
+        issuer: &str,
+        claim: &str,
+        value: &str,
+    ) -> StoreResult<Vec<Mapping>> {
+        self.find_mappings.fetch_add(1, Ordering::SeqCst);
+        self.inner.find_mappings(issuer, claim, value).await
+    }
+    async fn update_mapping(&self, mapping: &Mapping) -> StoreResult<Option<Mapping>> {
+        self.inner.update_mapping(mapping).await
+    }
+    async fn delete_mapping(&self, id: &str) -> StoreResult<Option<Mapping>> {
+        self.inner.delete_mapping(id).await
+    }
+    async fn list_mappings(&self, page: Page) -> StoreResult<(Vec<Mapping>, u64)> {
+        self.inner.list_mappings(page).await
+    }
+    async fn record_usage(&self, rows: &[UsageRow]) -> StoreResult<()> {
+        self.inner.record_usage(rows).await
+    }
+    async fn reset_budgets(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<Vec<tollgate::store::BudgetReset>> {
+        self.inner.reset_budgets(now).await
+    }
+    async fn spend_logs(&self, filter: &UsageFilter) -> StoreResult<Vec<UsageRow>> {
+        self.inner.spend_logs(filter).await
+    }
+}
+
+// ------------------------------------------------------------------ keys and mappings
+
+/// A key written straight to the store with these models, returning (plaintext, key_id).
+pub async fn key_for_models(app: &TestApp, models: &[&str]) -> (String, String) {
+    let (plain, key) = app
+        .create_key(KeyFields {
+            models: models.iter().map(|m| (*m).to_string()).collect(),
+            metadata: json!({}),
+            ..KeyFields::default()
+        })
+        .await;
+    (plain, key.key_id)
+}
+
+/// A team written straight to the store.
+pub async fn team(app: &TestApp, team_id: &str, fields: TeamFields) {
+    app.create_team(
+        team_id,
+        TeamFields {
+            metadata: json!({}),
+            ..fields
+        },
+    )
+    .await;
+}
+
+/// `POST /jwt/key/mapping/new` (master key) mapping `email = value` (of `issuer`, `""` =
+/// any issuer) to `key_id`; returns the mapping.
+pub async fn map(app: &TestApp, issuer: &str, value: &str, key_id: &str) -> Value {
+    ok_json(
+        app.admin_post(
+            "/jwt/key/mapping/new",
+            &json!({
+                "jwt_claim_name": CLAIM,
+                "jwt_claim_value": value,
+                "jwt_issuer": issuer,
+                "key_id": key_id,
+            }),
+        )
+        .await,
+    )
+    .await
+}
+
+/// The model names `GET /api/tags` lists for `bearer` (asserts 200).
+pub async fn tags(app: &TestApp, bearer: &str) -> Vec<String> {
+    let body = ok_json(app.get("/api/tags", Some(bearer)).await).await;
+    let mut names: Vec<String> = body["models"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no models in /api/tags: {body}"))
+        .iter()
+        .map(|m| m["name"].as_str().expect("model name").to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A non-streaming `/api/chat` for `model` with `bearer`.
+pub async fn chat_as(app: &TestApp, bearer: &str, model: &str) -> reqwest::Response {
+    app.post_json("/api/chat", Some(bearer), &chat_once(model))
+        .await
+}
+
+/// Asserts a non-streaming chat succeeds; returns its request id.
+pub async fn chat_ok(app: &TestApp, bearer: &str, model: &str) -> String {
+    let resp = chat_as(app, bearer, model).await;
+    let id = request_id(&resp);
+    let body = ok_json(resp).await;
+    assert_eq!(body["done"], true, "{body}");
+    id
+}
+
+/// The usage row of `request_id` (flushing the writer first), found through
+/// `/spend/logs?{filter}` with the master key.
+pub async fn usage_row(app: &TestApp, filter: &str, request_id: &str) -> Value {
+    app.app.spend.flush().await;
+    let rows = ok_json(
+        app.admin_get(&format!("/spend/logs?{filter}&limit=10000"))
+            .await,
+    )
+    .await;
+    let rows = rows.as_array().expect("/spend/logs is an array").clone();
+    crate::keys_support::row_of(&rows, request_id).clone()
+}
+
+/// `total_count` of `GET /key/list?{query}` with the master key.
+pub async fn key_count(app: &TestApp, query: &str) -> u64 {
+    let body = ok_json(app.admin_get(&format!("/key/list?{query}")).await).await;
+    body["total_count"].as_u64().expect("total_count")
+}
+
+/// Every mapping (`GET /jwt/key/mapping/list`, master key).
+pub async fn all_mappings(app: &TestApp) -> Vec<Value> {
+    let body = ok_json(app.admin_get("/jwt/key/mapping/list?size=1000").await).await;
+    body["mappings"].as_array().expect("mappings").clone()
+}
+
+/// The error body of a 401 with its `request_id` blanked, for comparing 401s byte for
+/// byte.
+pub async fn anonymous_401(resp: reqwest::Response) -> String {
+    let err = assert_error(resp, 401, "unauthorized").await;
+    err.raw.replace(&err.request_id, "")
+}
+
+/// Asserts a 403 in the envelope (any code); returns the code.
+pub async fn forbidden(resp: reqwest::Response) -> String {
+    let status = resp.status();
+    let text = resp.text().await.expect("body");
+    assert_eq!(status, 403, "expected 403, got {status}: {text}");
+    let body: Value = serde_json::from_str(&text).expect("JSON error body");
+    body["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error code: {text}"))
+        .to_string()
+}
