@@ -44,7 +44,8 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 impl std::fmt::Display for Duration {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let s = self.0.as_secs();
-        for (unit, size) in [("w", 7 * 86_400), ("d", 86_400), ("h", 3_600), ("m", 60)] {
+        // Weeks are accepted on input but shown as days (`7d` stays `7d`).
+        for (unit, size) in [("d", 86_400), ("h", 3_600), ("m", 60)] {
             if s.is_multiple_of(size) {
                 return write!(f, "{}{unit}", s / size);
             }

@@ -84,7 +84,7 @@ pub async fn events(
         Ok(Some(_)) => Some(console.app.events.subscribe()),
         _ => None,
     };
-    let shutdown = shutdown_signal(&console);
+    let shutdown = Shutdown::of(&console);
     Ok(upgrade.on_upgrade(move |socket| async move {
         match (redeemed, feed) {
             (Ok(Some(grant)), Some(feed)) => stream(socket, grant, feed, shutdown).await,
@@ -97,29 +97,45 @@ pub async fn events(
     }))
 }
 
-/// Fires when open sockets must say goodbye (1001).
+/// When open sockets must say goodbye (1001): as soon as shutdown starts
+/// (`App::stopping`), or at the latest when in-flight work is cancelled (`App::cancel`).
 ///
-/// Axum's graceful shutdown does not track upgraded connections, so sockets have to close
-/// themselves. Today the only signal is `App::cancel`, which fires when the server has
-/// drained (at once if nothing else is in flight, at the latest when the grace period
-/// ends). A "shutdown started" token on `App` would let sockets close as soon as the
-/// server stops accepting.
-fn shutdown_signal(console: &Console) -> CancellationToken {
-    console.app.cancel.clone()
+/// Axum's graceful shutdown does not track upgraded connections, so sockets close
+/// themselves; they must not wait for the drain, which can last the whole grace period.
+#[derive(Clone)]
+struct Shutdown {
+    stopping: CancellationToken,
+    cancel: CancellationToken,
+}
+
+impl Shutdown {
+    fn of(console: &Console) -> Self {
+        Self {
+            stopping: console.app.stopping.clone(),
+            cancel: console.app.cancel.clone(),
+        }
+    }
+
+    async fn started(&self) {
+        tokio::select! {
+            () = self.stopping.cancelled() => {}
+            () = self.cancel.cancelled() => {}
+        }
+    }
 }
 
 async fn stream(
     mut socket: WebSocket,
     grant: Grant,
     mut feed: Receiver<RequestEvent>,
-    shutdown: CancellationToken,
+    shutdown: Shutdown,
 ) {
     tracing::debug!(caller = %grant.label, team = ?grant.team_id, "console socket open");
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
     loop {
         let outgoing = tokio::select! {
             biased;
-            () = shutdown.cancelled() => {
+            () = shutdown.started() => {
                 close(socket, close_code::AWAY, "server shutting down").await;
                 return;
             }

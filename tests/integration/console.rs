@@ -318,6 +318,35 @@ async fn shutdown_closes_the_feed_with_going_away() {
         .expect("the server did not stop with a socket open");
 }
 
+/// SPEC §10 + §2: the socket closes with 1001 as soon as shutdown starts, not when the
+/// drain of in-flight streams ends (which may take the whole grace period).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_closes_when_shutdown_starts_not_after_the_drain() {
+    let mut app = TestApp::builder()
+        .config(|c| c.server.shutdown_grace_s = 600)
+        .spawn()
+        .await;
+    let ticket = master_ticket(&app).await;
+    let mut socket = connect(&app, &ticket).await;
+    let gate = app.ollama.hold_streams();
+    let resp = app
+        .admin_post("/api/chat", &crate::support::chat(MODEL))
+        .await;
+    assert_eq!(resp.status(), 200);
+    app.ollama.wait_for_requests(1).await;
+    let reader = tokio::spawn(read_to_end(resp));
+
+    app.begin_shutdown();
+    assert_eq!(close_code(&mut socket).await, 1001);
+    assert!(!reader.is_finished(), "the stream is still draining");
+
+    gate.release();
+    reader.await.unwrap().expect("the stream completes");
+    tokio::time::timeout(WAIT, app.shutdown())
+        .await
+        .expect("the server stops once the stream is done");
+}
+
 // ------------------------------------------------------------------ the page
 
 /// SPEC §10: `/ui` serves the console without authentication, from the binary: no
@@ -340,11 +369,9 @@ async fn the_console_page_is_self_contained() {
     let html = resp.text().await.unwrap();
     assert!(html.contains("<title>tollgate"), "{html}");
     assert!(html.contains(r#"<script src="/ui/app.js""#), "{html}");
-    for text in [&html] {
-        assert!(!text.contains("<script src=\"http"), "external script");
-        assert!(!text.contains("https://"), "external URL");
-        assert!(!text.contains("http://"), "external URL");
-    }
+    assert!(!html.contains("<script src=\"http"), "external script");
+    assert!(!html.contains("https://"), "external URL");
+    assert!(!html.contains("http://"), "external URL");
     for (path, kind) in [
         ("/ui/app.js", "text/javascript"),
         ("/ui/app.css", "text/css"),
@@ -413,4 +440,33 @@ async fn tickets_are_shared_through_redis() {
 
     b.shutdown().await;
     a.shutdown().await;
+}
+
+/// SPEC §6.1 + §7: with Redis gone, issuing a ticket is a 503 that names nothing
+/// internal, and a socket whose ticket cannot be checked closes with 1011 (try again),
+/// not 1008.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ticket_store_outage() {
+    let Some(redis) = redis_addr().await else {
+        skip(&format!("{REDIS_VAR} not set"));
+        return;
+    };
+    let proxy = TcpProxy::start(redis).await;
+    let url = proxy.url("redis");
+    let Some(app) = TestApp::builder()
+        .redis()
+        .config(move |c| c.redis.url = Some(tollgate::config::Secret(url)))
+        .try_spawn()
+        .await
+    else {
+        return;
+    };
+    let ticket = master_ticket(&app).await;
+    proxy.stop().await;
+
+    let resp = ticket_response(&app, Some(&app.master_key)).await;
+    assert_error(resp, 503, "service_unavailable").await;
+    let mut socket = connect(&app, &ticket).await;
+    assert_eq!(close_code(&mut socket).await, 1011);
+    app.shutdown().await;
 }

@@ -101,31 +101,65 @@ pub async fn seed_cache(app: &TestApp, issuer: &str, value: &str, entry: &str) {
 
 // ------------------------------------------------------------------ counting store
 
-/// Delegates every call to the real store and counts `find_mappings` (the mapping-table
-/// lookup of the resolver).
+/// Delegates every call to the real store, counting `find_mappings` (the resolver's
+/// mapping-table lookup) and `insert_key`, and optionally holding the first lookups
+/// until enough of them arrived (see [`Lookups::gated`]).
 pub struct CountingStore {
     inner: Arc<dyn Store>,
-    find_mappings: Arc<AtomicUsize>,
+    lookups: Lookups,
 }
 
-/// A handle on a [`CountingStore`]'s counter.
+/// Holds every lookup's answer until the first `held` lookups have all been answered by
+/// the database.
+struct Gate {
+    held: usize,
+    barrier: tokio::sync::Barrier,
+    released: tokio::sync::watch::Sender<bool>,
+}
+
+/// A handle on the counters of the [`CountingStore`]s it wrapped (one or several
+/// instances share it).
 #[derive(Clone, Default)]
-pub struct Lookups(Arc<AtomicUsize>);
+pub struct Lookups {
+    find_mappings: Arc<AtomicUsize>,
+    inserted_keys: Arc<AtomicUsize>,
+    gate: Option<Arc<Gate>>,
+}
 
 impl Lookups {
-    /// `find_mappings` calls so far.
-    pub fn get(&self) -> usize {
-        self.0.load(Ordering::SeqCst)
+    /// Counters that hold the answers of `find_mappings` (over every store it wraps)
+    /// until the first `n` calls have all been answered by the database: nobody acts on
+    /// a lookup (e.g. mints a key and inserts its mapping) before `n` lookups saw the
+    /// table, so `n` first requests of one new identity are guaranteed to race.
+    pub fn gated(n: usize) -> Self {
+        Self {
+            gate: Some(Arc::new(Gate {
+                held: n,
+                barrier: tokio::sync::Barrier::new(n),
+                released: tokio::sync::watch::Sender::new(false),
+            })),
+            ..Self::default()
+        }
     }
 
-    /// A `map_app` hook that wraps the app's store in a [`CountingStore`] feeding this
-    /// counter.
+    /// `find_mappings` calls so far.
+    pub fn get(&self) -> usize {
+        self.find_mappings.load(Ordering::SeqCst)
+    }
+
+    /// `insert_key` calls so far (successful or not).
+    pub fn inserted_keys(&self) -> usize {
+        self.inserted_keys.load(Ordering::SeqCst)
+    }
+
+    /// A `map_app` hook that wraps the app's store in a [`CountingStore`] feeding these
+    /// counters.
     pub fn wrap(&self) -> impl FnOnce(tollgate::app::App) -> tollgate::app::App + Send + 'static {
-        let counter = self.0.clone();
+        let lookups = self.clone();
         move |mut app| {
             app.store = Arc::new(CountingStore {
                 inner: app.store.clone(),
-                find_mappings: counter,
+                lookups,
             });
             app
         }
@@ -145,6 +179,7 @@ impl Store for CountingStore {
         fields: &KeyFields,
         created_by: Option<String>,
     ) -> StoreResult<VirtualKey> {
+        self.lookups.inserted_keys.fetch_add(1, Ordering::SeqCst);
         self.inner
             .insert_key(key_id, key_hash, key_name, fields, created_by)
             .await
@@ -210,8 +245,19 @@ impl Store for CountingStore {
         claim: &str,
         value: &str,
     ) -> StoreResult<Vec<Mapping>> {
-        self.find_mappings.fetch_add(1, Ordering::SeqCst);
-        self.inner.find_mappings(issuer, claim, value).await
+        let index = self.lookups.find_mappings.fetch_add(1, Ordering::SeqCst);
+        let found = self.inner.find_mappings(issuer, claim, value).await;
+        if let Some(gate) = &self.lookups.gate {
+            if index < gate.held {
+                if gate.barrier.wait().await.is_leader() {
+                    gate.released.send_replace(true);
+                }
+            } else {
+                let mut released = gate.released.subscribe();
+                let _ = released.wait_for(|r| *r).await;
+            }
+        }
+        found
     }
     async fn update_mapping(&self, mapping: &Mapping) -> StoreResult<Option<Mapping>> {
         self.inner.update_mapping(mapping).await

@@ -482,14 +482,25 @@ async fn mapping_changes_apply_on_the_next_request_with_redis() {
 /// Two instances sharing PostgreSQL, Redis (same prefix) and the mock Ollama, both
 /// trusting `idp` with `policy`.
 async fn two_instances(idp: &MockIdp, policy: UnregisteredPolicy) -> Option<(TestApp, TestApp)> {
+    two_counted_instances(idp, policy, &Lookups::default()).await
+}
+
+/// [`two_instances`] with both stores counted (and gated) by `lookups`.
+async fn two_counted_instances(
+    idp: &MockIdp,
+    policy: UnregisteredPolicy,
+    lookups: &Lookups,
+) -> Option<(TestApp, TestApp)> {
     let config = sso(idp, policy);
     let a = TestApp::builder()
+        .map_app(lookups.wrap())
         .postgres()
         .redis()
         .config(config.clone())
         .try_spawn()
         .await?;
     let b = TestApp::builder()
+        .map_app(lookups.wrap())
         .shared_db_with(&a)
         .config(config)
         .spawn()
@@ -563,11 +574,16 @@ async fn mapping_changes_through_one_instance_apply_on_the_other() {
 /// 50 concurrent first requests of one new identity, split across two instances
 /// (`auto_register`): exactly one key and one mapping exist afterwards, no key minted by
 /// a loser is left behind, every request is 200 or 503 `mapping_conflict`, and every 200
-/// ran as the one key.
+/// ran as the one key. The first 20 mapping lookups (over both instances) are held
+/// until all 20 arrived, so at least 20 requests mint a key and race for the mapping.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_auto_registration_across_two_instances_makes_one_key() {
     let idp = MockIdp::start().await;
-    let Some((a, b)) = two_instances(&idp, UnregisteredPolicy::AutoRegister).await else {
+    let racers = 20;
+    let lookups = Lookups::gated(racers);
+    let Some((a, b)) =
+        two_counted_instances(&idp, UnregisteredPolicy::AutoRegister, &lookups).await
+    else {
         return;
     };
     let jwt = token_for(&idp, "newcomer", "newcomer@corp.example");
@@ -588,6 +604,11 @@ async fn concurrent_auto_registration_across_two_instances_makes_one_key() {
         }
     }
     assert!(!served.is_empty(), "somebody won the race");
+    assert!(
+        lookups.inserted_keys() >= racers,
+        "{} keys minted: the requests did not race",
+        lookups.inserted_keys()
+    );
 
     let keys = ok_json(a.admin_get("/key/list?size=1000").await).await;
     assert_eq!(
@@ -630,17 +651,19 @@ async fn concurrent_auto_registration_across_two_instances_makes_one_key() {
     a.shutdown().await;
 }
 
-/// The same race on one SQLite-backed instance (the single-instance default).
-#[ignore = "bug: SqlStore::delete_keys (src/store/sql.rs) reads then writes in a deferred SQLite transaction; under concurrent writes the lock upgrade fails at once with `database is locked`, so auto_register losers answer 500 and leave their minted key behind"]
+/// The same race on one SQLite-backed instance (the single-instance default): at least
+/// 10 of 50 requests mint a key at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_auto_registration_on_one_instance_makes_one_key() {
     let idp = MockIdp::start().await;
+    let lookups = Lookups::gated(10);
     let app = TestApp::builder()
         .config(sso(&idp, UnregisteredPolicy::AutoRegister))
+        .map_app(lookups.wrap())
         .spawn()
         .await;
     let jwt = token_for(&idp, "solo", "solo@corp.example");
-    let responses = join_all((0..20).map(|_| chat_as(&app, &jwt, "llama3.1:8b"))).await;
+    let responses = join_all((0..50).map(|_| chat_as(&app, &jwt, "llama3.1:8b"))).await;
     for resp in responses {
         if resp.status() == 200 {
             ok_json(resp).await;
@@ -648,6 +671,7 @@ async fn concurrent_auto_registration_on_one_instance_makes_one_key() {
             assert_error(resp, 503, "mapping_conflict").await;
         }
     }
+    assert!(lookups.inserted_keys() >= 10, "the requests raced");
     assert_eq!(key_count(&app, "").await, 1, "exactly one key, no orphans");
     assert_eq!(all_mappings(&app).await.len(), 1);
     app.shutdown().await;

@@ -1008,11 +1008,13 @@
       h("td", { class: "num", text: fmtCost(e.spend) }))));
   }
 
-  function niceMax(value) {
-    if (value <= 0) return 1;
-    const exp = Math.pow(10, Math.floor(Math.log10(value)));
-    for (const step of [1, 2, 2.5, 5, 10]) {
-      if (value <= step * exp) return step * exp;
+  /** A round step that splits `max` into at most about four intervals. */
+  function niceStep(max) {
+    if (max <= 0) return 1;
+    const raw = max / 4;
+    const exp = Math.pow(10, Math.floor(Math.log10(raw)));
+    for (const step of [1, 2, 5, 10]) {
+      if (raw <= step * exp) return step * exp;
     }
     return 10 * exp;
   }
@@ -1048,7 +1050,9 @@
     const plotW = width - pad.left - pad.right;
     const plotH = height - pad.top - pad.bottom;
     const values = buckets.map((b) => b[metric]);
-    const max = niceMax(Math.max(0, ...values));
+    const step = niceStep(Math.max(0, ...values));
+    const ticks = Math.max(1, Math.ceil(Math.max(0, ...values) / step));
+    const max = step * ticks;
     const format = metric === "spend" ? fmtCost : fmtCompact;
 
     // Grid and y-axis labels.
@@ -1057,7 +1061,6 @@
     ctx.lineWidth = 1;
     ctx.textAlign = "right";
     ctx.textBaseline = "middle";
-    const ticks = 4;
     for (let i = 0; i <= ticks; i++) {
       const y = Math.round(pad.top + plotH - (plotH * i) / ticks) + 0.5;
       ctx.beginPath();
@@ -1089,15 +1092,16 @@
     ctx.fillStyle = color("--chart-text");
     ctx.textAlign = "center";
     ctx.textBaseline = "top";
-    const sample = bucketLabel(Date.now(), bucketMs);
-    const every = Math.max(1, Math.ceil((ctx.measureText(sample).width + 18) / slot));
-    buckets.forEach((b, i) => {
-      if ((buckets.length - 1 - i) % every !== 0) return;
-      const label = bucketLabel(b.start, bucketMs);
+    // Newest first, skipping any label that would touch the one drawn after it.
+    let leftmost = Infinity;
+    for (let i = buckets.length - 1; i >= 0; i--) {
+      const label = bucketLabel(buckets[i].start, bucketMs);
       const half = ctx.measureText(label).width / 2;
       const x = Math.min(Math.max(pad.left + i * slot + slot / 2, pad.left + half), width - pad.right - half);
+      if (x + half + 12 > leftmost) continue;
       ctx.fillText(label, x, pad.top + plotH + 8);
-    });
+      leftmost = x - half;
+    }
 
     if (!values.some((v) => v > 0)) {
       ctx.textAlign = "center";
