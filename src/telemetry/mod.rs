@@ -22,19 +22,27 @@ pub const USAGE_ROWS: &str = "tollgate_usage_rows_written_total";
 pub const LIMITER_FALLBACKS: &str = "tollgate_limiter_fallbacks_total";
 
 /// Installs the global tracing subscriber. `RUST_LOG` wins over `log.level`.
-pub fn init_logging(config: &LogConfig) {
+///
+/// Lines are written to stderr by a background thread, so a request never waits on a
+/// terminal or pipe; keep the returned guard alive until exit (dropping it flushes).
+pub fn init_logging(config: &LogConfig) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        // Under a flood, wait rather than silently drop log lines.
+        .lossy(false)
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     let result = match config.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
     };
     // A second initialisation (tests building several apps) keeps the first subscriber.
     drop(result);
+    guard
 }
 
 /// The process-wide Prometheus recorder, installed on first use.
