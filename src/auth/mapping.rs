@@ -24,24 +24,20 @@ pub const PROXY_ADMIN: &str = "__JWT_PROXY_ADMIN__";
 /// Resolves the caller a verified identity acts as on proxied routes.
 pub async fn resolve(app: &App, identity: JwtIdentity) -> Result<Caller, AppError> {
     let config = &app.config.jwt;
-    let Some(claim) = config.virtual_key_claim.as_deref() else {
-        // No mapping configured: SSO callers run under their team's limits.
-        return fallback(app, identity).await;
-    };
-    let value = identity.claim_str(claim);
+    let claim = config.virtual_key_claim.as_deref();
+    let value = claim.and_then(|c| identity.claim_str(c));
     if identity.is_admin {
-        if let Some(value) = &value {
-            remember(
-                app,
-                &cache_key(&identity.issuer, claim, value),
-                PROXY_ADMIN,
-                claim,
-                value,
-            )
-            .await;
+        // Admins skip mapping and limits; the sentinel spares later requests a lookup.
+        if let (Some(claim), Some(value)) = (claim, &value) {
+            let key = cache_key(&identity.issuer, claim, value);
+            remember(app, &key, PROXY_ADMIN, claim, value).await;
         }
         return Ok(Caller::from_jwt(identity, None, None));
     }
+    let Some(claim) = claim else {
+        // No mapping configured: SSO callers run under their team's limits.
+        return fallback(app, identity).await;
+    };
     let Some(value) = value else {
         return match config.unregistered_policy {
             UnregisteredPolicy::Fallback => fallback(app, identity).await,

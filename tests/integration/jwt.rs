@@ -852,7 +852,6 @@ async fn admin_identities_skip_mapping_and_limits() {
 /// Admin identities are admins on proxied routes also when no claim is mapped
 /// (`virtual_key_claim` unset) and they carry no team (SPEC §4.1: admin-only routes are
 /// open to "master key or admin identity"; §6.2 `is_admin`).
-#[ignore = "bug: src/auth/mapping.rs resolve() falls back (403 without a team) before checking identity.is_admin when jwt.virtual_key_claim is unset"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_identities_are_admins_without_a_mapping_claim() {
     let idp = MockIdp::start().await;
