@@ -4,17 +4,51 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::{Extension, Json};
-use serde_json::{Value, json};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::app::App;
 use crate::auth::Caller;
 use crate::http::AppError;
 use crate::http::extract::{ApiJson, ApiQuery};
+use crate::http::openapi::{ManageErrors, NotFoundError};
 use crate::manage::keys::{
     DeleteKeys, GenerateKey, IssuedKey, KeyManager, KeyRef, ListKeys, UpdateKey,
 };
 use crate::store::VirtualKey;
 
+/// `POST /key/delete`: the ids of the deleted keys.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeletedKeys {
+    pub deleted_keys: Vec<String>,
+}
+
+/// `GET /key/info`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyInfo {
+    pub key_id: String,
+    pub info: VirtualKey,
+}
+
+/// `GET /key/list`: one page of keys.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyList {
+    pub keys: Vec<VirtualKey>,
+    pub total_count: u64,
+    pub current_page: u64,
+    pub total_pages: u64,
+}
+
+/// Creates a key; the plaintext `key` is returned this once.
+#[utoipa::path(
+    post, path = "/key/generate", tag = "keys",
+    request_body = GenerateKey,
+    responses(
+        (status = 200, description = "The new key, with its plaintext `key`", body = IssuedKey),
+        ManageErrors,
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn generate(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
@@ -23,6 +57,16 @@ pub async fn generate(
     KeyManager::new(&app, &caller).generate(req).await.map(Json)
 }
 
+/// Changes a key's fields.
+#[utoipa::path(
+    post, path = "/key/update", tag = "keys",
+    request_body = UpdateKey,
+    responses(
+        (status = 200, description = "The updated key", body = VirtualKey),
+        ManageErrors, NotFoundError,
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn update(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
@@ -31,40 +75,83 @@ pub async fn update(
     KeyManager::new(&app, &caller).update(req).await.map(Json)
 }
 
+/// Deletes keys (and their JWT mappings).
+#[utoipa::path(
+    post, path = "/key/delete", tag = "keys",
+    request_body = DeleteKeys,
+    responses(
+        (status = 200, description = "The deleted keys' ids", body = DeletedKeys),
+        ManageErrors, NotFoundError,
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn delete(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<DeleteKeys>,
-) -> Result<Json<Value>, AppError> {
-    let deleted = KeyManager::new(&app, &caller).delete(req).await?;
-    Ok(Json(json!({ "deleted_keys": deleted })))
+) -> Result<Json<DeletedKeys>, AppError> {
+    let deleted_keys = KeyManager::new(&app, &caller).delete(req).await?;
+    Ok(Json(DeletedKeys { deleted_keys }))
 }
 
+/// One key, with its current-period `spend`, `budget_reset_at` and every limit.
+#[utoipa::path(
+    get, path = "/key/info", tag = "keys",
+    params(KeyRef),
+    responses(
+        (status = 200, description = "The key", body = KeyInfo),
+        ManageErrors, NotFoundError,
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn info(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
     ApiQuery(q): ApiQuery<KeyRef>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<KeyInfo>, AppError> {
     let key = KeyManager::new(&app, &caller)
         .info(q.key.as_deref(), q.key_id.as_deref())
         .await?;
-    Ok(Json(json!({ "key_id": key.key_id, "info": key })))
+    Ok(Json(KeyInfo {
+        key_id: key.key_id.clone(),
+        info: key,
+    }))
 }
 
+/// Lists keys, optionally of one team or user (team roles see their own team's).
+#[utoipa::path(
+    get, path = "/key/list", tag = "keys",
+    params(ListKeys),
+    responses(
+        (status = 200, description = "One page of keys", body = KeyList),
+        ManageErrors,
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn list(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
     ApiQuery(q): ApiQuery<ListKeys>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<KeyList>, AppError> {
     let (keys, total, page) = KeyManager::new(&app, &caller).list(q).await?;
-    Ok(Json(json!({
-        "keys": keys,
-        "total_count": total,
-        "current_page": page.page,
-        "total_pages": total.div_ceil(page.size),
-    })))
+    Ok(Json(KeyList {
+        keys,
+        total_count: total,
+        current_page: page.page,
+        total_pages: total.div_ceil(page.size),
+    }))
 }
 
+/// Replaces a key's secret; `key_id`, limits and spend stay.
+#[utoipa::path(
+    post, path = "/key/regenerate", tag = "keys",
+    request_body = KeyRef,
+    responses(
+        (status = 200, description = "The key, with its new plaintext `key`", body = IssuedKey),
+        ManageErrors, NotFoundError,
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn regenerate(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
@@ -76,6 +163,16 @@ pub async fn regenerate(
         .map(Json)
 }
 
+/// Blocks a key: its requests are refused until it is unblocked.
+#[utoipa::path(
+    post, path = "/key/block", tag = "keys",
+    request_body = KeyRef,
+    responses(
+        (status = 200, description = "The blocked key", body = VirtualKey),
+        ManageErrors, NotFoundError,
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn block(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
@@ -87,6 +184,16 @@ pub async fn block(
         .map(Json)
 }
 
+/// Unblocks a key.
+#[utoipa::path(
+    post, path = "/key/unblock", tag = "keys",
+    request_body = KeyRef,
+    responses(
+        (status = 200, description = "The unblocked key", body = VirtualKey),
+        ManageErrors, NotFoundError,
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn unblock(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,

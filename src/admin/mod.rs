@@ -13,7 +13,9 @@ use axum::Router;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use axum::routing::{MethodRouter, get, post};
+use axum::routing::MethodRouter;
+use utoipa_axum::router::UtoipaMethodRouter;
+use utoipa_axum::routes;
 
 use crate::app::App;
 use crate::auth::authenticate;
@@ -61,38 +63,54 @@ async fn require(
     Ok(next.run(req).await)
 }
 
-pub fn router(app: Arc<App>) -> Router<Arc<App>> {
+/// Every management route and the capability it demands. Each route's path and method come
+/// from its handler's `#[utoipa::path]`, so the router and `/openapi.json` cannot disagree.
+pub(crate) fn routes() -> Vec<(Capability, UtoipaMethodRouter<Arc<App>>)> {
     use Capability::*;
-    AdminRouter {
+    vec![
+        (KeyWrite, routes!(keys::generate)),
+        (KeyWrite, routes!(keys::update)),
+        (KeyWrite, routes!(keys::delete)),
+        (KeyRead, routes!(keys::info)),
+        (KeyRead, routes!(keys::list)),
+        (KeyWrite, routes!(keys::regenerate)),
+        (KeyWrite, routes!(keys::block)),
+        (KeyWrite, routes!(keys::unblock)),
+        (TeamWrite, routes!(teams::create)),
+        (TeamWrite, routes!(teams::update)),
+        (TeamWrite, routes!(teams::delete)),
+        (TeamRead, routes!(teams::info)),
+        (TeamRead, routes!(teams::list)),
+        (MappingWrite, routes!(mappings::create)),
+        (MappingWrite, routes!(mappings::update)),
+        (MappingWrite, routes!(mappings::delete)),
+        (MappingRead, routes!(mappings::info)),
+        (MappingRead, routes!(mappings::list)),
+        (SpendRead, routes!(spend::logs)),
+    ]
+}
+
+pub fn router(app: Arc<App>) -> Router<Arc<App>> {
+    let mut admin = AdminRouter {
         router: Router::new(),
         app,
+    };
+    for (capability, (_, paths, handler)) in routes() {
+        for path in paths.paths.keys() {
+            admin = admin.route(path, capability, handler.clone());
+        }
     }
-    .route("/key/generate", KeyWrite, post(keys::generate))
-    .route("/key/update", KeyWrite, post(keys::update))
-    .route("/key/delete", KeyWrite, post(keys::delete))
-    .route("/key/info", KeyRead, get(keys::info))
-    .route("/key/list", KeyRead, get(keys::list))
-    .route("/key/regenerate", KeyWrite, post(keys::regenerate))
-    .route("/key/block", KeyWrite, post(keys::block))
-    .route("/key/unblock", KeyWrite, post(keys::unblock))
-    .route("/team/new", TeamWrite, post(teams::create))
-    .route("/team/update", TeamWrite, post(teams::update))
-    .route("/team/delete", TeamWrite, post(teams::delete))
-    .route("/team/info", TeamRead, get(teams::info))
-    .route("/team/list", TeamRead, get(teams::list))
-    .route("/jwt/key/mapping/new", MappingWrite, post(mappings::create))
-    .route(
-        "/jwt/key/mapping/update",
-        MappingWrite,
-        post(mappings::update),
-    )
-    .route(
-        "/jwt/key/mapping/delete",
-        MappingWrite,
-        post(mappings::delete),
-    )
-    .route("/jwt/key/mapping/info", MappingRead, get(mappings::info))
-    .route("/jwt/key/mapping/list", MappingRead, get(mappings::list))
-    .route("/spend/logs", SpendRead, get(spend::logs))
-    .router
+    admin.router
+}
+
+/// The management routes' part of the OpenAPI document: their operations and every
+/// schema they use.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut doc = utoipa::openapi::OpenApi::default();
+    let components = doc.components.get_or_insert_with(Default::default);
+    for (_, (schemas, paths, _)) in routes() {
+        doc.paths.merge(paths);
+        components.schemas.extend(schemas);
+    }
+    doc
 }

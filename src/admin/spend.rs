@@ -6,21 +6,27 @@ use axum::extract::State;
 use axum::{Extension, Json};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Deserialize;
+use utoipa::IntoParams;
 
 use crate::app::App;
 use crate::auth::Caller;
 use crate::auth::authorize::{Capability, check};
 use crate::http::AppError;
 use crate::http::extract::ApiQuery;
+use crate::http::openapi::ManageErrors;
 use crate::store::{UsageFilter, UsageRow};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct LogsQuery {
     key_id: Option<String>,
     team_id: Option<String>,
+    /// Earliest start: an RFC 3339 time or a `YYYY-MM-DD` date (midnight UTC).
     start: Option<String>,
+    /// Latest start: an RFC 3339 time or a `YYYY-MM-DD` date (midnight UTC).
     end: Option<String>,
+    /// At most this many rows, 1-10000 (default 100).
     limit: Option<u64>,
 }
 
@@ -39,6 +45,16 @@ fn parse_time(field: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>,
         })
 }
 
+/// One row per proxied request, newest first.
+#[utoipa::path(
+    get, path = "/spend/logs", tag = "spend",
+    params(LogsQuery),
+    responses(
+        (status = 200, description = "Usage rows", body = Vec<UsageRow>),
+        ManageErrors,
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn logs(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,

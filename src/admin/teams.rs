@@ -4,30 +4,58 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::{Extension, Json};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::app::App;
 use crate::auth::Caller;
 use crate::http::AppError;
 use crate::http::extract::{ApiJson, ApiQuery};
+use crate::http::openapi::{ConflictError, ManageErrors, NotFoundError};
 use crate::manage::keys::page;
 use crate::manage::teams::{DeleteTeams, NewTeam, TeamManager, UpdateTeam};
 use crate::store::Team;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct TeamQuery {
     team_id: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// 1-based page number (default 1).
     page: Option<u64>,
+    /// Page size, 1-1000 (default 50).
     size: Option<u64>,
 }
 
+/// `POST /team/delete`: the ids of the deleted teams.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeletedTeams {
+    pub deleted_teams: Vec<String>,
+}
+
+/// `GET /team/info`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TeamInfo {
+    pub team_id: String,
+    pub team_info: Team,
+}
+
+/// Creates a team.
+#[utoipa::path(
+    post, path = "/team/new", tag = "teams",
+    request_body = NewTeam,
+    responses(
+        (status = 200, description = "The new team", body = Team),
+        ManageErrors, ConflictError,
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn create(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
@@ -36,6 +64,16 @@ pub async fn create(
     TeamManager::new(&app, &caller).create(req).await.map(Json)
 }
 
+/// Changes a team's fields.
+#[utoipa::path(
+    post, path = "/team/update", tag = "teams",
+    request_body = UpdateTeam,
+    responses(
+        (status = 200, description = "The updated team", body = Team),
+        ManageErrors, NotFoundError,
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn update(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
@@ -44,24 +82,57 @@ pub async fn update(
     TeamManager::new(&app, &caller).update(req).await.map(Json)
 }
 
+/// Deletes teams; a team that still has keys is a 409 unless `force` is true.
+#[utoipa::path(
+    post, path = "/team/delete", tag = "teams",
+    request_body = DeleteTeams,
+    responses(
+        (status = 200, description = "The deleted teams' ids", body = DeletedTeams),
+        ManageErrors, NotFoundError, ConflictError,
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn delete(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<DeleteTeams>,
-) -> Result<Json<Value>, AppError> {
-    let deleted = TeamManager::new(&app, &caller).delete(req).await?;
-    Ok(Json(json!({ "deleted_teams": deleted })))
+) -> Result<Json<DeletedTeams>, AppError> {
+    let deleted_teams = TeamManager::new(&app, &caller).delete(req).await?;
+    Ok(Json(DeletedTeams { deleted_teams }))
 }
 
+/// One team, with its current-period `spend` and limits.
+#[utoipa::path(
+    get, path = "/team/info", tag = "teams",
+    params(TeamQuery),
+    responses(
+        (status = 200, description = "The team", body = TeamInfo),
+        ManageErrors, NotFoundError,
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn info(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
     ApiQuery(q): ApiQuery<TeamQuery>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<TeamInfo>, AppError> {
     let team = TeamManager::new(&app, &caller).find(&q.team_id).await?;
-    Ok(Json(json!({ "team_id": team.team_id, "team_info": team })))
+    Ok(Json(TeamInfo {
+        team_id: team.team_id.clone(),
+        team_info: team,
+    }))
 }
 
+/// Lists teams (a team role sees its own team).
+#[utoipa::path(
+    get, path = "/team/list", tag = "teams",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "One page of teams", body = Vec<Team>),
+        ManageErrors,
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn list(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,

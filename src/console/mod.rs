@@ -87,14 +87,24 @@ async fn require(
     Ok(next.run(req).await)
 }
 
-#[derive(Debug, Serialize)]
+/// A single-use ticket for `GET /ws/events?ticket=…`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct IssuedTicket {
     pub ticket: String,
+    /// Seconds the ticket stays valid.
     pub ttl_seconds: u64,
 }
 
 /// `POST /auth/ws-ticket`. Proxy admins' tickets see every request; a team role's
 /// ticket sees only its own team's requests.
+#[utoipa::path(
+    post, path = "/auth/ws-ticket", tag = "console",
+    responses(
+        (status = 200, description = "A single-use ticket for the live feed", body = IssuedTicket),
+        crate::http::openapi::ManageErrors,
+    ),
+    security(("bearer" = [])),
+)]
 async fn issue_ticket(
     State(console): State<Arc<Console>>,
     Extension(caller): Extension<Caller>,
@@ -152,6 +162,11 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
         .into_response()
 }
 
+/// The admin console (a single-page app; it signs in with the master key or an admin JWT).
+#[utoipa::path(
+    get, path = "/ui", tag = "console",
+    responses((status = 200, description = "The console page", content_type = "text/html", body = String)),
+)]
 async fn index() -> Response {
     asset(INDEX_HTML, "text/html; charset=utf-8")
 }

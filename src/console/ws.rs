@@ -30,8 +30,10 @@ const PING_EVERY: Duration = Duration::from_secs(25);
 /// How long a closing socket waits for the client's close reply.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct TicketQuery {
+    /// A single-use ticket from `POST /auth/ws-ticket`, valid for 30 seconds.
     ticket: Option<String>,
 }
 
@@ -61,6 +63,19 @@ fn feed_json(event: &RequestEvent) -> Result<String, serde_json::Error> {
     })
 }
 
+/// The live request feed (WebSocket).
+///
+/// Each finished request the ticket may see arrives as one JSON text message
+/// (`{"type": "request", …}`). A missing, used or expired ticket closes the socket at
+/// once with code 1008.
+#[utoipa::path(
+    get, path = "/ws/events", tag = "console",
+    params(TicketQuery),
+    responses(
+        (status = 101, description = "Switched to the WebSocket protocol"),
+        crate::http::openapi::BadRequestError,
+    ),
+)]
 pub async fn events(
     State(console): State<Arc<Console>>,
     ApiQuery(query): ApiQuery<TicketQuery>,

@@ -7,6 +7,7 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use super::openapi::{ErrorBody, ErrorDetail};
 use super::request_id::current_request_id;
 
 #[derive(Debug, thiserror::Error)]
@@ -145,13 +146,13 @@ impl IntoResponse for AppError {
             }
             _ => {}
         }
-        let body = serde_json::json!({
-            "error": {
-                "code": self.code(),
-                "message": self.to_string(),
-                "request_id": &*request_id,
-            }
-        });
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code().to_string(),
+                message: self.to_string(),
+                request_id: request_id.to_string(),
+            },
+        };
         let mut response = (status, axum::Json(body)).into_response();
         let headers = response.headers_mut();
         match &self {

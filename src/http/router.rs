@@ -10,7 +10,7 @@ use axum::routing::get;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use super::error::{AppError, method_not_allowed, not_found};
-use super::{ops, request_id};
+use super::{openapi, ops, request_id};
 use crate::app::App;
 
 pub fn build(app: Arc<App>) -> Router {
@@ -20,6 +20,7 @@ pub fn build(app: Arc<App>) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(openapi::openapi_json))
         .merge(crate::proxy::router())
         .merge(crate::admin::router(app.clone()))
         .merge(crate::console::router(app.clone()))

@@ -4,48 +4,65 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::app::App;
 use crate::auth::Caller;
 use crate::auth::authorize::{Capability, check};
 use crate::auth::secrets;
-use crate::config::Duration;
+// Named so utoipa does not take it for chrono's `Duration` (see `http::openapi`).
+use crate::config::Duration as HumanDuration;
 use crate::http::AppError;
 use crate::http::extract::double_option;
 use crate::invalidation::Change;
 use crate::store::{KeyFields, KeyFilter, Page, VirtualKey};
 
 /// `key` (plaintext) or `key_id`: how every key route names its key.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct KeyRef {
+    /// The key itself (`sk-…`).
     #[serde(default)]
     pub key: Option<String>,
+    /// The key's stable id.
     #[serde(default)]
     pub key_id: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// `POST /key/generate`. Every field is optional.
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GenerateKey {
     pub key_alias: Option<String>,
+    /// Models the key may use; absent or empty means any model.
     pub models: Option<Vec<String>>,
+    /// Spend allowed per budget period (non-negative).
     pub max_budget: Option<f64>,
-    pub budget_duration: Option<Duration>,
+    /// Length of a budget period, e.g. `30d`.
+    pub budget_duration: Option<HumanDuration>,
+    /// Tokens per minute.
     pub tpm_limit: Option<u64>,
+    /// Requests per minute.
     pub rpm_limit: Option<u64>,
     pub max_parallel_requests: Option<u64>,
-    pub duration: Option<Duration>,
+    /// Lifetime of the key from now; sets `expires`.
+    pub duration: Option<HumanDuration>,
+    /// A JSON object kept with the key.
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,
+    /// An existing team.
     pub team_id: Option<String>,
     pub user_id: Option<String>,
     pub org_id: Option<String>,
+    /// Exact paths (`/api/chat`) or prefixes ending in `*`.
     pub allowed_routes: Option<Vec<String>>,
     pub blocked: Option<bool>,
 }
 
-/// Absent fields stay as they are; `null` clears.
-#[derive(Debug, Default, Deserialize)]
+/// `POST /key/update`: `key` or `key_id` names the key. Absent fields stay as they are;
+/// `null` clears.
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateKey {
     #[serde(default)]
@@ -59,7 +76,7 @@ pub struct UpdateKey {
     #[serde(default, deserialize_with = "double_option")]
     pub max_budget: Option<Option<f64>>,
     #[serde(default, deserialize_with = "double_option")]
-    pub budget_duration: Option<Option<Duration>>,
+    pub budget_duration: Option<Option<HumanDuration>>,
     #[serde(default, deserialize_with = "double_option")]
     pub tpm_limit: Option<Option<u64>>,
     #[serde(default, deserialize_with = "double_option")]
@@ -67,8 +84,9 @@ pub struct UpdateKey {
     #[serde(default, deserialize_with = "double_option")]
     pub max_parallel_requests: Option<Option<u64>>,
     #[serde(default, deserialize_with = "double_option")]
-    pub duration: Option<Option<Duration>>,
+    pub duration: Option<Option<HumanDuration>>,
     #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Option<serde_json::Value>>,
     #[serde(default, deserialize_with = "double_option")]
     pub team_id: Option<Option<String>>,
@@ -82,7 +100,8 @@ pub struct UpdateKey {
     pub blocked: Option<bool>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// `POST /key/delete`: any mix of `key`, `key_id` and LiteLLM's lists `keys` / `key_ids`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeleteKeys {
     #[serde(default)]
@@ -95,12 +114,15 @@ pub struct DeleteKeys {
     pub key_ids: Option<Vec<String>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListKeys {
     pub team_id: Option<String>,
     pub user_id: Option<String>,
+    /// 1-based page number (default 1).
     pub page: Option<u64>,
+    /// Page size, 1-1000 (default 50).
     pub size: Option<u64>,
 }
 
@@ -152,8 +174,9 @@ fn check_metadata(metadata: &serde_json::Value) -> Result<(), AppError> {
 }
 
 /// A key as returned by the API (never its hash), plus the plaintext when just minted.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, ToSchema)]
 pub struct IssuedKey {
+    /// The plaintext key, shown only this once.
     pub key: String,
     #[serde(flatten)]
     pub info: VirtualKey,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::app::App;
 use crate::auth::Caller;
@@ -16,11 +17,13 @@ use crate::http::AppError;
 use crate::http::extract::double_option;
 use crate::store::{Mapping, Page, StoreError, VirtualKey};
 
-#[derive(Debug, Deserialize)]
+/// `POST /jwt/key/mapping/new`: `key` or `key_id` names the target key.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewMapping {
     pub jwt_claim_name: String,
     pub jwt_claim_value: String,
+    /// Absent or empty: any issuer.
     #[serde(default)]
     pub jwt_issuer: Option<String>,
     #[serde(default)]
@@ -29,11 +32,13 @@ pub struct NewMapping {
     pub key_id: Option<String>,
     #[serde(default)]
     pub description: Option<String>,
+    /// Default `true`.
     #[serde(default)]
     pub is_active: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /jwt/key/mapping/update`. Absent fields stay as they are; `null` clears.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateMapping {
     pub id: String,
@@ -53,8 +58,10 @@ pub struct UpdateMapping {
     pub is_active: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+/// Names one mapping (a JSON body, or the query of `/jwt/key/mapping/info`).
+#[derive(Debug, Deserialize, ToSchema, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct MappingId {
     pub id: String,
 }

@@ -3,33 +3,39 @@
 use std::sync::Arc;
 
 use serde::Deserialize;
+use utoipa::ToSchema;
 
 use crate::app::App;
 use crate::auth::Caller;
 use crate::auth::authorize::{Capability, check};
-use crate::config::Duration;
+// Named so utoipa does not take it for chrono's `Duration` (see `http::openapi`).
+use crate::config::Duration as HumanDuration;
 use crate::http::AppError;
 use crate::http::extract::double_option;
 use crate::invalidation::Change;
 use crate::store::{Page, Team, TeamFields};
 
-#[derive(Debug, Default, Deserialize)]
+/// `POST /team/new`. Every field is optional.
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewTeam {
+    /// 1-128 letters, digits and `- _ . : @`; a UUID when absent.
     pub team_id: Option<String>,
     pub team_alias: Option<String>,
     pub models: Option<Vec<String>>,
     pub max_budget: Option<f64>,
-    pub budget_duration: Option<Duration>,
+    pub budget_duration: Option<HumanDuration>,
     pub tpm_limit: Option<u64>,
     pub rpm_limit: Option<u64>,
     pub max_parallel_requests: Option<u64>,
     pub blocked: Option<bool>,
+    /// A JSON object kept with the team.
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,
 }
 
-/// Absent fields stay as they are; `null` clears.
-#[derive(Debug, Default, Deserialize)]
+/// `POST /team/update`. Absent fields stay as they are; `null` clears.
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateTeam {
     pub team_id: String,
@@ -40,7 +46,7 @@ pub struct UpdateTeam {
     #[serde(default, deserialize_with = "double_option")]
     pub max_budget: Option<Option<f64>>,
     #[serde(default, deserialize_with = "double_option")]
-    pub budget_duration: Option<Option<Duration>>,
+    pub budget_duration: Option<Option<HumanDuration>>,
     #[serde(default, deserialize_with = "double_option")]
     pub tpm_limit: Option<Option<u64>>,
     #[serde(default, deserialize_with = "double_option")]
@@ -50,16 +56,19 @@ pub struct UpdateTeam {
     #[serde(default)]
     pub blocked: Option<bool>,
     #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Option<serde_json::Value>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// `POST /team/delete`: `team_id` and/or LiteLLM's `team_ids` list.
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeleteTeams {
     #[serde(default)]
     pub team_id: Option<String>,
     #[serde(default)]
     pub team_ids: Option<Vec<String>>,
+    /// Also delete the teams' keys (and their mappings); without it a team with keys is 409.
     #[serde(default)]
     pub force: bool,
 }

@@ -3,60 +3,71 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use utoipa::ToSchema;
 
-use crate::config::{Duration, parse_duration};
+// Named so utoipa does not take it for chrono's `Duration` (see `http::openapi`).
+use crate::config::{Duration as HumanDuration, parse_duration};
 
 /// A virtual key as stored (the plaintext is never stored).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct VirtualKey {
+    /// Stable public id, unchanged by `/key/regenerate`.
     pub key_id: String,
     #[serde(skip)]
     pub key_hash: String,
+    /// A short prefix shown in lists, e.g. `sk-…a1b2`.
     pub key_name: String,
     pub key_alias: Option<String>,
     pub team_id: Option<String>,
     pub user_id: Option<String>,
     pub org_id: Option<String>,
+    /// Models the key may use; empty means any model.
     pub models: Vec<String>,
+    /// Exact paths or prefixes ending in `*`; empty means every proxied route.
     pub allowed_routes: Vec<String>,
     pub max_budget: Option<f64>,
-    pub budget_duration: Option<Duration>,
+    pub budget_duration: Option<HumanDuration>,
     pub budget_reset_at: Option<DateTime<Utc>>,
+    /// Spend in the current budget period.
     pub spend: f64,
     pub tpm_limit: Option<u64>,
     pub rpm_limit: Option<u64>,
     pub max_parallel_requests: Option<u64>,
     pub expires: Option<DateTime<Utc>>,
     pub blocked: bool,
+    #[schema(value_type = Object)]
     pub metadata: serde_json::Value,
     pub created_by: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct Team {
     pub team_id: String,
     pub team_alias: Option<String>,
     pub models: Vec<String>,
     pub max_budget: Option<f64>,
-    pub budget_duration: Option<Duration>,
+    pub budget_duration: Option<HumanDuration>,
     pub budget_reset_at: Option<DateTime<Utc>>,
     pub spend: f64,
     pub tpm_limit: Option<u64>,
     pub rpm_limit: Option<u64>,
     pub max_parallel_requests: Option<u64>,
     pub blocked: bool,
+    #[schema(value_type = Object)]
     pub metadata: serde_json::Value,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// A JWT claim → virtual key mapping (never the key or its hash).
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct Mapping {
     pub id: String,
     pub jwt_claim_name: String,
     pub jwt_claim_value: String,
+    /// Empty: the mapping applies to every issuer.
     pub jwt_issuer: String,
     pub key_id: String,
     pub description: Option<String>,
@@ -68,8 +79,9 @@ pub struct Mapping {
 }
 
 /// One finished proxied request.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct UsageRow {
+    /// The request's `X-Request-ID`.
     pub request_id: String,
     pub key_id: Option<String>,
     pub team_id: Option<String>,
@@ -79,6 +91,7 @@ pub struct UsageRow {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub spend: f64,
+    /// How the request ended, e.g. `success`, `error`, `cancelled`.
     pub status: String,
     #[serde(skip)]
     pub http_status: u16,
@@ -96,7 +109,7 @@ pub struct KeyFields {
     pub models: Vec<String>,
     pub allowed_routes: Vec<String>,
     pub max_budget: Option<f64>,
-    pub budget_duration: Option<Duration>,
+    pub budget_duration: Option<HumanDuration>,
     pub tpm_limit: Option<u64>,
     pub rpm_limit: Option<u64>,
     pub max_parallel_requests: Option<u64>,
@@ -110,7 +123,7 @@ pub struct TeamFields {
     pub team_alias: Option<String>,
     pub models: Vec<String>,
     pub max_budget: Option<f64>,
-    pub budget_duration: Option<Duration>,
+    pub budget_duration: Option<HumanDuration>,
     pub tpm_limit: Option<u64>,
     pub rpm_limit: Option<u64>,
     pub max_parallel_requests: Option<u64>,

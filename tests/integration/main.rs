@@ -21,6 +21,7 @@ mod keys_support;
 mod limits;
 mod limits_shared;
 mod mappings;
+mod openapi;
 mod proxy;
 mod storage;
 mod teams;
