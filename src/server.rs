@@ -20,6 +20,12 @@ pub async fn serve(
     crate::usage::spawn_budget_resets(&app);
     let grace = Duration::from_secs(app.config.server.shutdown_grace_s);
     let stopping = app.stopping.clone();
+    // Small request/response exchanges must not wait on Nagle's algorithm.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     let server = axum::serve(listener, router).with_graceful_shutdown(async move {
         shutdown.await;
         tracing::info!("shutting down: no longer accepting connections");

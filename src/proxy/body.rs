@@ -118,6 +118,10 @@ pub struct MeteredBody {
     scanner: Scanner,
     ticket: UsageTicket,
     cancelled: BoxFuture<'static, ()>,
+    /// Bytes still expected when the upstream declared a length: the response is
+    /// complete (and recorded) as soon as they have passed, since the server stops
+    /// polling a body once its declared length is written.
+    remaining: Option<u64>,
     _in_flight: InFlightGuard,
 }
 
@@ -127,15 +131,22 @@ impl MeteredBody {
         scanner: Scanner,
         ticket: UsageTicket,
         in_flight: InFlightGuard,
+        declared_len: Option<u64>,
     ) -> Self {
         let cancelled = Box::pin(ticket.app.cancel.clone().cancelled_owned());
-        Self {
+        let mut body = Self {
             upstream,
             scanner,
             ticket,
             cancelled,
+            remaining: declared_len,
             _in_flight: in_flight,
+        };
+        if declared_len == Some(0) {
+            // An empty body may never be polled: it is complete already.
+            body.finish("success");
         }
+        body
     }
 
     fn finish(&mut self, status: &'static str) {
@@ -159,9 +170,22 @@ impl Stream for MeteredBody {
             match this.upstream.as_mut().poll_next(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(chunk))) => {
+                    let len = chunk.len() as u64;
                     let out = this.scanner.feed(chunk);
+                    if let Some(remaining) = &mut this.remaining {
+                        *remaining = remaining.saturating_sub(len);
+                        if *remaining == 0 {
+                            // Nothing more will be asked of us: read the counts now.
+                            let rest = this.scanner.finish();
+                            this.finish("success");
+                            debug_assert!(rest.is_empty());
+                        }
+                    }
                     if !out.is_empty() {
                         return Poll::Ready(Some(Ok(out)));
+                    }
+                    if this.ticket.recorded {
+                        return Poll::Ready(None);
                     }
                 }
                 Poll::Ready(Some(Err(e))) => {

@@ -237,8 +237,21 @@ pub async fn forward(
     if let Some(ct) = upstream.headers().get(header::CONTENT_TYPE) {
         response = response.header(header::CONTENT_TYPE, ct.clone());
     }
+    // A body passed through unchanged keeps its length (one write instead of chunks);
+    // only hiding the usage chunk changes the bytes.
+    let rewrites = matches!(framing, Framing::Events { hide_usage_chunk: true });
+    let declared_len = upstream.content_length().filter(|_| !rewrites);
+    if let Some(len) = declared_len {
+        response = response.header(header::CONTENT_LENGTH, len);
+    }
     let stream = Box::pin(upstream.bytes_stream());
-    let metered = MeteredBody::new(stream, Scanner::new(framing), ticket, app.in_flight.enter());
+    let metered = MeteredBody::new(
+        stream,
+        Scanner::new(framing),
+        ticket,
+        app.in_flight.enter(),
+        declared_len,
+    );
     response
         .body(Body::from_stream(metered))
         .map_err(AppError::internal)
