@@ -1,0 +1,248 @@
+//! The machine: description, CPU pinning, open-file limit, process memory.
+
+use std::path::Path;
+
+use rustix::thread::{CpuSet, sched_getaffinity, sched_setaffinity};
+use serde::Serialize;
+
+/// What the report says about the machine.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    /// Online CPUs (`nproc --all`).
+    pub nproc: usize,
+    /// CPUs this process may run on (its affinity mask at start).
+    pub usable_cpus: Vec<usize>,
+    pub cpu_model: String,
+    pub kernel: String,
+    pub os: String,
+    pub mem_total_mib: u64,
+    /// `/proc/loadavg` when the run started: other work on the machine skews figures.
+    pub loadavg_at_start: String,
+    pub loadavg_at_end: String,
+    /// Open-file soft limit after raising it.
+    pub nofile_limit: u64,
+    /// tollgate commit (`git describe`), when run from a checkout.
+    pub tollgate_revision: String,
+    /// How the components were placed on CPUs.
+    pub placement: String,
+}
+
+impl Machine {
+    pub fn describe(usable_cpus: Vec<usize>, nofile_limit: u64, placement: String) -> Self {
+        let cpuinfo = read("/proc/cpuinfo");
+        let nproc = cpuinfo
+            .lines()
+            .filter(|l| l.starts_with("processor"))
+            .count()
+            .max(1);
+        let cpu_model = cpuinfo
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("model name")
+                    .and_then(|r| r.split_once(':'))
+                    .map(|(_, v)| v.trim().to_string())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        let os = read("/etc/os-release")
+            .lines()
+            .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+            .map(|v| v.trim_matches('"').to_string())
+            .unwrap_or_else(|| "unknown".into());
+        let mem_total_mib = read("/proc/meminfo")
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kib| kib / 1024);
+        Self {
+            nproc,
+            usable_cpus,
+            cpu_model,
+            kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
+            os,
+            mem_total_mib,
+            loadavg_at_start: loadavg(),
+            loadavg_at_end: String::new(),
+            nofile_limit,
+            tollgate_revision: git_revision(),
+            placement,
+        }
+    }
+
+    pub fn one_line(&self) -> String {
+        format!(
+            "{} × {} ({} usable), {} MiB RAM, Linux {}, {}; load avg at start {}, at end {}",
+            self.nproc,
+            self.cpu_model,
+            self.usable_cpus.len(),
+            self.mem_total_mib,
+            self.kernel,
+            self.os,
+            self.loadavg_at_start,
+            self.loadavg_at_end,
+        )
+    }
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+pub fn loadavg() -> String {
+    read("/proc/loadavg")
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn git_revision() -> String {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::process::Command::new("git")
+        .args(["describe", "--always", "--dirty"])
+        .current_dir(dir)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+// ------------------------------------------------------------------ CPU placement
+
+/// The CPUs the calling thread may run on.
+pub fn current_cpus() -> Vec<usize> {
+    match sched_getaffinity(None) {
+        Ok(set) => (0..CpuSet::MAX_CPU).filter(|&c| set.is_set(c)).collect(),
+        Err(_) => (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect(),
+    }
+}
+
+/// Which CPUs the gateway (tollgate or nginx) and everything else (load generator,
+/// mock Ollama, the bench itself) run on.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    pub gateway: Vec<usize>,
+    pub generator: Vec<usize>,
+    pub pinned: bool,
+}
+
+impl Placement {
+    /// With two or more usable CPUs and pinning wanted: the last CPU for the gateway, the
+    /// others for the generator and the mock. Otherwise everything everywhere.
+    pub fn choose(usable: &[usize], pin: bool) -> Self {
+        if pin && usable.len() >= 2 {
+            let (others, last) = usable.split_at(usable.len() - 1);
+            Self {
+                gateway: last.to_vec(),
+                generator: others.to_vec(),
+                pinned: true,
+            }
+        } else {
+            Self {
+                gateway: usable.to_vec(),
+                generator: usable.to_vec(),
+                pinned: false,
+            }
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        if self.pinned {
+            format!(
+                "pinned: gateway (tollgate runtime / tollgate process / nginx, 1 worker per CPU) \
+                 on CPU {:?}; load generator, mock Ollama and bench on CPU {:?}",
+                self.gateway, self.generator
+            )
+        } else {
+            format!(
+                "not pinned: every component may run on CPUs {:?} (tollgate runtime: one \
+                 worker per CPU)",
+                self.gateway
+            )
+        }
+    }
+}
+
+/// Restricts the calling thread (and the threads and processes it later creates) to
+/// `cpus`. Best effort: a refused mask leaves the thread as it was.
+pub fn pin_current_thread(cpus: &[usize]) -> bool {
+    let mut set = CpuSet::new();
+    for &c in cpus {
+        set.set(c);
+    }
+    sched_setaffinity(None, &set).is_ok()
+}
+
+// ------------------------------------------------------------------ limits and memory
+
+/// Raises the soft open-file limit to the hard limit; returns the soft limit in force.
+pub fn raise_nofile_limit() -> u64 {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let current = getrlimit(Resource::Nofile);
+    if let Some(max) = current.maximum
+        && current.current.is_none_or(|c| c < max)
+    {
+        let wanted = rustix::process::Rlimit {
+            current: Some(max),
+            maximum: Some(max),
+        };
+        let _ = setrlimit(Resource::Nofile, wanted);
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}
+
+/// Resident memory of a process from `/proc/<pid>/status`, in KiB.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Rss {
+    /// `VmRSS`: resident now.
+    pub rss_kib: u64,
+    /// `VmHWM`: peak resident since the process started.
+    pub hwm_kib: u64,
+}
+
+pub fn rss_of(pid: u32) -> Option<Rss> {
+    parse_status(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
+}
+
+fn parse_status(status: &str) -> Option<Rss> {
+    let field = |name: &str| {
+        status.lines().find_map(|l| {
+            l.strip_prefix(name)
+                .and_then(|r| r.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+    };
+    Some(Rss {
+        rss_kib: field("VmRSS:")?,
+        hwm_kib: field("VmHWM:")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_status() {
+        let status = "Name:\tx\nVmHWM:\t   20480 kB\nVmRSS:\t   10240 kB\nThreads:\t3\n";
+        assert_eq!(
+            parse_status(status),
+            Some(Rss {
+                rss_kib: 10240,
+                hwm_kib: 20480
+            })
+        );
+        assert_eq!(parse_status("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn placement_gives_the_gateway_the_last_cpu() {
+        let p = Placement::choose(&[0, 1], true);
+        assert_eq!((p.gateway, p.generator), (vec![1], vec![0]));
+        let p = Placement::choose(&[0, 1, 2, 3], true);
+        assert_eq!((p.gateway, p.generator), (vec![3], vec![0, 1, 2]));
+        let p = Placement::choose(&[0], true);
+        assert!(!p.pinned);
+        let p = Placement::choose(&[0, 1], false);
+        assert_eq!((p.gateway, p.generator), (vec![0, 1], vec![0, 1]));
+    }
+}
