@@ -239,7 +239,12 @@ pub async fn forward(
     }
     // A body passed through unchanged keeps its length (one write instead of chunks);
     // only hiding the usage chunk changes the bytes.
-    let rewrites = matches!(framing, Framing::Events { hide_usage_chunk: true });
+    let rewrites = matches!(
+        framing,
+        Framing::Events {
+            hide_usage_chunk: true
+        }
+    );
     let declared_len = upstream.content_length().filter(|_| !rewrites);
     if let Some(len) = declared_len {
         response = response.header(header::CONTENT_LENGTH, len);
