@@ -34,11 +34,6 @@ mod report;
 mod stats;
 mod system;
 
-
-/// The same allocator as the `tollgate` binary, so the in-process gateway is measured as shipped.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
