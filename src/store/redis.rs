@@ -59,8 +59,10 @@ impl RedisConn {
         Ok(())
     }
 
+    /// Closes both connections; bounded, so shutdown never waits on an unreachable Redis.
     pub async fn quit(&self) {
-        drop(self.client.quit().await);
-        drop(self.subscriber.quit().await);
+        let limit = std::time::Duration::from_secs(1);
+        let _ = tokio::time::timeout(limit, self.client.quit()).await;
+        let _ = tokio::time::timeout(limit, self.subscriber.quit()).await;
     }
 }
