@@ -259,12 +259,9 @@ impl<'a> KeyManager<'a> {
         key: Option<&str>,
         key_id: Option<&str>,
     ) -> Result<VirtualKey, AppError> {
-        let found = match (key, key_id) {
-            (_, Some(id)) => self.app.store.key_by_id(id).await?,
-            (Some(k), None) => self.app.store.key_by_hash(&secrets::hash_secret(k)).await?,
-            (None, None) => return Err(AppError::invalid("missing field `key` or `key_id`")),
-        };
-        found.ok_or_else(|| AppError::NotFound("key not found".into()))
+        lookup(self.app.store.as_ref(), key, key_id)
+            .await?
+            .ok_or_else(|| AppError::NotFound("key not found".into()))
     }
 
     pub async fn info(
@@ -445,6 +442,20 @@ impl<'a> KeyManager<'a> {
         let (keys, total) = self.app.store.list_keys(&filter, page).await?;
         Ok((keys, total, page))
     }
+}
+
+/// The key named by `key` (plaintext) or `key_id` — how every route names a key.
+/// `key_id` wins when both are given; neither is a 400.
+pub async fn lookup(
+    store: &dyn crate::store::Store,
+    key: Option<&str>,
+    key_id: Option<&str>,
+) -> Result<Option<VirtualKey>, AppError> {
+    Ok(match (key, key_id) {
+        (_, Some(id)) => store.key_by_id(id).await?,
+        (Some(k), None) => store.key_by_hash(&secrets::hash_secret(k)).await?,
+        (None, None) => return Err(AppError::invalid("missing field `key` or `key_id`")),
+    })
 }
 
 fn fields_of(k: &VirtualKey) -> KeyFields {

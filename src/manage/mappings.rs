@@ -12,7 +12,6 @@ use utoipa::{IntoParams, ToSchema};
 use crate::app::App;
 use crate::auth::Caller;
 use crate::auth::authorize::{Capability, check};
-use crate::auth::secrets;
 use crate::http::AppError;
 use crate::http::extract::double_option;
 use crate::store::{Mapping, Page, StoreError, VirtualKey};
@@ -100,12 +99,9 @@ impl<'a> MappingManager<'a> {
         key: Option<&str>,
         key_id: Option<&str>,
     ) -> Result<VirtualKey, AppError> {
-        let found = match (key, key_id) {
-            (_, Some(id)) => self.app.store.key_by_id(id).await?,
-            (Some(k), None) => self.app.store.key_by_hash(&secrets::hash_secret(k)).await?,
-            (None, None) => return Err(AppError::invalid("missing field `key` or `key_id`")),
-        };
-        found.ok_or_else(|| AppError::invalid("field `key_id`: no such key"))
+        crate::manage::keys::lookup(self.app.store.as_ref(), key, key_id)
+            .await?
+            .ok_or_else(|| AppError::invalid("field `key_id`: no such key"))
     }
 
     /// Drops the cached resolutions a mapping affects: one issuer's, or every issuer's
