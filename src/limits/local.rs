@@ -104,7 +104,7 @@ impl Drop for LocalPermit {
 
 #[derive(Default, Clone)]
 pub struct LocalLimiter {
-    states: Arc<Mutex<HashMap<String, State>>>,
+    states: Arc<Mutex<HashMap<Arc<str>, State>>>,
 }
 
 impl LocalLimiter {

@@ -29,6 +29,7 @@ mod redis;
 pub use local::{LocalLimiter, LocalPermit};
 pub use redis::{RedisLimiter, RedisPermit};
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::FailureMode;
@@ -37,8 +38,8 @@ use crate::http::AppError;
 /// Limits of one subject (a key or a team).
 #[derive(Debug, Clone, Default)]
 pub struct Subject {
-    /// `key:{id}` or `team:{id}`.
-    pub id: String,
+    /// `key:{id}` or `team:{id}`; shared, since the limiter keeps it per request.
+    pub id: Arc<str>,
     pub rpm: Option<u64>,
     pub tpm: Option<u64>,
     pub parallel: Option<u64>,

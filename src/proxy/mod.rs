@@ -127,8 +127,10 @@ pub async fn forward(
     let path_and_query = req
         .uri()
         .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| req.uri().path().to_string());
+        .map_or_else(|| req.uri().path(), |p| p.as_str());
+    let mut url = String::with_capacity(app.upstream.base.len() + path_and_query.len());
+    url.push_str(&app.upstream.base);
+    url.push_str(path_and_query);
     let path_model = (spec.kind == Kind::OpenAiModel).then(|| {
         req.uri()
             .path()
@@ -177,7 +179,6 @@ pub async fn forward(
         permit,
         recorded: false,
     };
-    let url = format!("{}{}", app.upstream.base, path_and_query);
     let upstream_started = Instant::now();
     let sent = app
         .upstream
@@ -213,8 +214,9 @@ pub async fn forward(
         return Err(err);
     }
 
-    let patterns = access::model_patterns(&caller).map(<[String]>::to_vec);
-    if let (Some(patterns), Kind::NativeList | Kind::OpenAiList) = (&patterns, spec.kind) {
+    if let (Kind::NativeList | Kind::OpenAiList, Some(patterns)) =
+        (spec.kind, access::model_patterns(&caller))
+    {
         let response = lists::filtered(upstream, spec.kind, patterns).await;
         ticket.finish(
             if response.is_ok() { "success" } else { "error" },
@@ -275,7 +277,7 @@ async fn admit(
     let mut subjects = Vec::with_capacity(2);
     if let Some(k) = &caller.key {
         subjects.push(Subject {
-            id: format!("key:{}", k.key_id),
+            id: Arc::from(format!("key:{}", k.key_id)),
             rpm: k.rpm_limit,
             tpm: k.tpm_limit,
             parallel: k.max_parallel_requests,
@@ -286,7 +288,7 @@ async fn admit(
     }
     if let Some(t) = &caller.team {
         subjects.push(Subject {
-            id: format!("team:{}", t.team_id),
+            id: Arc::from(format!("team:{}", t.team_id)),
             rpm: t.rpm_limit,
             tpm: t.tpm_limit,
             parallel: t.max_parallel_requests,

@@ -4,6 +4,7 @@
 
 pub mod events;
 
+use std::io::IsTerminal;
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -33,8 +34,11 @@ pub fn init_logging(config: &LogConfig) -> tracing_appender::non_blocking::Worke
         // Under a flood, wait rather than silently drop log lines.
         .lossy(false)
         .finish(std::io::stderr());
+    // Colour codes only for a person at a terminal: in a file or a log pipeline they are
+    // noise (and formatting them costs every request line).
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(writer);
     let result = match config.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

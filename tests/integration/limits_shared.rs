@@ -294,7 +294,7 @@ async fn a_crashed_instances_slot_lapses_with_its_lease() {
     )
     .await;
     let subject = Subject {
-        id: format!("key:{key_id}"),
+        id: format!("key:{key_id}").into(),
         parallel: Some(1),
         ..Default::default()
     };
