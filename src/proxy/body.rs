@@ -36,7 +36,7 @@ pub struct UsageTicket {
 }
 
 impl UsageTicket {
-    /// Records the row (and logs the request line).
+    /// Settles the limiter and hands the row (and the request's log line) to the recorder.
     pub fn finish(&mut self, status: &'static str, tokens: Tokens) {
         if std::mem::replace(&mut self.recorded, true) {
             return;
@@ -57,18 +57,6 @@ impl UsageTicket {
             .record(duration.as_secs_f64());
         metrics::counter!(crate::telemetry::REQUESTS, "route" => self.route, "status" => status)
             .increment(1);
-        tracing::info!(
-            request_id = %self.request_id,
-            key = %self.label,
-            model,
-            route = self.route,
-            status,
-            http_status = self.http_status,
-            prompt_tokens = tokens.prompt,
-            completion_tokens = tokens.completion,
-            latency_ms = duration.as_millis() as u64,
-            "proxied"
-        );
         let latency_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
         self.app
             .events
@@ -86,21 +74,25 @@ impl UsageTicket {
                 completion_tokens: tokens.completion,
                 latency_ms,
             });
-        self.app.spend.record(UsageRow {
-            request_id: self.request_id.to_string(),
-            key_id: self.key_id.take(),
-            team_id: self.team_id.take(),
-            user_id: self.user_id.take(),
-            model: self.model.take(),
-            route: self.route.to_string(),
-            prompt_tokens: tokens.prompt,
-            completion_tokens: tokens.completion,
-            spend,
-            status: status.to_string(),
-            http_status: self.http_status,
-            started_at: self.started_at,
-            duration_ms: latency_ms,
-        });
+        // The recorder also writes the request's log line, after the response is out.
+        self.app.spend.record(
+            UsageRow {
+                request_id: self.request_id.to_string(),
+                key_id: self.key_id.take(),
+                team_id: self.team_id.take(),
+                user_id: self.user_id.take(),
+                model: self.model.take(),
+                route: self.route.to_string(),
+                prompt_tokens: tokens.prompt,
+                completion_tokens: tokens.completion,
+                spend,
+                status: status.to_string(),
+                http_status: self.http_status,
+                started_at: self.started_at,
+                duration_ms: latency_ms,
+            },
+            self.label.clone(),
+        );
     }
 }
 

@@ -4,6 +4,11 @@
 //! blocking, never dropping); one background task writes batches at least every 250 ms
 //! and on shutdown. A failed write keeps its rows and retries, so no admitted request goes
 //! unrecorded while the database is briefly away.
+//!
+//! The same task writes each request's `proxied` log line. A request finishes just before
+//! its last bytes go to the client; formatting the line there (and waking the log writer
+//! thread) would sit on the client's latency, while this task runs only after the
+//! response has been flushed.
 
 mod budget;
 
@@ -22,8 +27,33 @@ const MAX_BATCH: usize = 1_000;
 /// Rows kept while the database is down before the oldest are logged and dropped.
 const MAX_PENDING: usize = 200_000;
 
+/// A finished request: its usage row and what its log line shows as the caller.
+struct Finished {
+    row: UsageRow,
+    /// A key's display name or an identity's label, never a secret.
+    label: Arc<str>,
+}
+
+impl Finished {
+    fn log(&self) {
+        let row = &self.row;
+        tracing::info!(
+            request_id = %row.request_id,
+            key = %self.label,
+            model = row.model.as_deref().unwrap_or(""),
+            route = %row.route,
+            status = %row.status,
+            http_status = row.http_status,
+            prompt_tokens = row.prompt_tokens,
+            completion_tokens = row.completion_tokens,
+            latency_ms = row.duration_ms,
+            "proxied"
+        );
+    }
+}
+
 enum Command {
-    Row(Box<UsageRow>),
+    Row(Box<Finished>),
     Flush(oneshot::Sender<()>),
 }
 
@@ -44,9 +74,11 @@ impl SpendRecorder {
         }
     }
 
-    /// Queues one finished request. Never blocks.
-    pub fn record(&self, row: UsageRow) {
-        if self.tx.send(Command::Row(Box::new(row))).is_err() {
+    /// Queues one finished request (its row, and its log line under `label`). Never
+    /// blocks.
+    pub fn record(&self, row: UsageRow, label: Arc<str>) {
+        let finished = Box::new(Finished { row, label });
+        if self.tx.send(Command::Row(finished)).is_err() {
             tracing::error!("usage recorder stopped; a usage row was lost");
         }
     }
@@ -77,15 +109,17 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Command>) {
     loop {
         tokio::select! {
             command = rx.recv() => match command {
-                Some(Command::Row(row)) => {
-                    pending.push(*row);
+                Some(Command::Row(finished)) => {
+                    finished.log();
+                    pending.push(finished.row);
                     if pending.len() >= MAX_BATCH {
                         write(&*store, &mut pending).await;
                     }
                 }
                 Some(Command::Flush(ack)) => {
-                    while let Ok(Command::Row(row)) = rx.try_recv() {
-                        pending.push(*row);
+                    while let Ok(Command::Row(finished)) = rx.try_recv() {
+                        finished.log();
+                        pending.push(finished.row);
                     }
                     write(&*store, &mut pending).await;
                     let _ = ack.send(());
@@ -157,7 +191,7 @@ mod tests {
             .returning(|_| Ok(()));
         let recorder = SpendRecorder::start(Arc::new(store));
         for n in 0..3 {
-            recorder.record(row(n));
+            recorder.record(row(n), Arc::from("k"));
         }
         recorder.flush().await;
         recorder.shutdown().await;
@@ -183,8 +217,8 @@ mod tests {
             .in_sequence(&mut seq)
             .returning(|_| Ok(()));
         let recorder = SpendRecorder::start(Arc::new(store));
-        recorder.record(row(1));
-        recorder.record(row(2));
+        recorder.record(row(1), Arc::from("k"));
+        recorder.record(row(2), Arc::from("k"));
         recorder.flush().await;
         recorder.flush().await;
         recorder.shutdown().await;
