@@ -435,6 +435,8 @@ struct JwtGateway {
 struct RedisGateway {
     tollgate: InProcessTollgate,
     key: String,
+    /// A loopback Redis kept off the gateway's CPU while the bench runs.
+    pinned_redis: Option<system::PinnedRedis>,
 }
 
 /// Scenarios a, b, c, d and f. Every gateway is started first (each idle but for the
@@ -819,15 +821,31 @@ fn start_redis(bench: &Bench) -> Extra<RedisGateway> {
         c.redis.key_prefix = format!("tollgate-bench-{}:", std::process::id());
     })
     .and_then(|tollgate| match bench.key(&tollgate.url) {
-        Ok(key) => Ok(RedisGateway { tollgate, key }),
+        Ok(key) => Ok(RedisGateway {
+            tollgate,
+            key,
+            pinned_redis: None,
+        }),
         Err(e) => {
             tollgate.stop();
             Err(e)
         }
     });
     match started {
-        Ok(r) => {
+        Ok(mut r) => {
             eprintln!("d. tollgate with redis.url = {redis_url}");
+            if bench.placement.pinned {
+                r.pinned_redis = system::PinnedRedis::pin(&redis_url, &bench.placement.generator);
+                match &r.pinned_redis {
+                    Some(p) => eprintln!(
+                        "   redis-server (pid {}) pinned to CPU {:?} for the run, off the gateway's",
+                        p.pid, bench.placement.generator
+                    ),
+                    None => eprintln!(
+                        "   redis-server not pinned (not local, or not ours to pin): it may share the gateway's CPU"
+                    ),
+                }
+            }
             Extra::Up(r)
         }
         Err(e) => down(Scenario::failed(

@@ -217,6 +217,97 @@ fn parse_status(status: &str) -> Option<Rss> {
     })
 }
 
+// ------------------------------------------------------------------ a local Redis
+
+/// A local Redis server moved off the gateway's CPU for the run. In production Redis
+/// runs elsewhere; here, left unpinned, it would take turns on the gateway's core and
+/// its work would be counted as tollgate's. Dropping this restores every thread's mask.
+#[derive(Debug)]
+pub struct PinnedRedis {
+    pub pid: i32,
+    restore: Vec<(rustix::process::Pid, CpuSet)>,
+}
+
+impl PinnedRedis {
+    /// Asks the Redis at `url` for its `process_id` (`INFO server`) and pins each of its
+    /// threads to `cpus`. `None` when Redis is not reachable without a password, not a
+    /// process this user may pin, or not on this machine.
+    pub fn pin(url: &str, cpus: &[usize]) -> Option<Self> {
+        let pid = redis_server_pid(url)?;
+        let mut set = CpuSet::new();
+        for &c in cpus {
+            set.set(c);
+        }
+        let mut restore = Vec::new();
+        for entry in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+            let Some(tid) = entry
+                .ok()
+                .and_then(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                .and_then(rustix::process::Pid::from_raw)
+            else {
+                continue;
+            };
+            let Ok(before) = sched_getaffinity(Some(tid)) else {
+                continue;
+            };
+            if sched_setaffinity(Some(tid), &set).is_ok() {
+                restore.push((tid, before));
+            }
+        }
+        (!restore.is_empty()).then_some(Self { pid, restore })
+    }
+}
+
+impl Drop for PinnedRedis {
+    fn drop(&mut self) {
+        for (tid, before) in &self.restore {
+            let _ = sched_setaffinity(Some(*tid), before);
+        }
+    }
+}
+
+/// `process_id` from `INFO server`, over a plain RESP exchange on loopback.
+fn redis_server_pid(url: &str) -> Option<i32> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("redis://")?;
+    let host_port = rest.split('/').next()?;
+    if host_port.contains('@') {
+        return None; // Credentials: leave that server alone.
+    }
+    let host = host_port.rsplit_once(':').map_or(host_port, |(h, _)| h);
+    if !matches!(host, "127.0.0.1" | "localhost" | "[::1]") {
+        return None;
+    }
+    let addr = if host_port.contains(':') {
+        host_port.replace("localhost", "127.0.0.1")
+    } else {
+        format!("{host_port}:6379")
+    };
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(1)))
+        .ok()?;
+    stream
+        .write_all(b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n")
+        .ok()?;
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !reply.windows(11).any(|w| w == b"process_id:") || !reply.ends_with(b"\r\n") {
+        let n = stream.read(&mut buf).ok()?;
+        if n == 0 {
+            break;
+        }
+        reply.extend_from_slice(&buf[..n]);
+    }
+    parse_process_id(&String::from_utf8_lossy(&reply))
+}
+
+fn parse_process_id(info: &str) -> Option<i32> {
+    info.lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,6 +323,14 @@ mod tests {
             })
         );
         assert_eq!(parse_status("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn reads_the_redis_process_id() {
+        let info =
+            "$60\r\n# Server\r\nredis_version:7.0.15\r\nprocess_id:4242\r\ntcp_port:6379\r\n";
+        assert_eq!(parse_process_id(info), Some(4242));
+        assert_eq!(parse_process_id("# Server\r\n"), None);
     }
 
     #[test]
