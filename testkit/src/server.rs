@@ -2,9 +2,10 @@
 //!
 //! `axum::serve` spawns one detached task per connection, so aborting it would leave
 //! keep-alive connections (and hanging handlers) running. This server keeps every
-//! connection in a [`JoinSet`] owned by the accept task: aborting that task (on
-//! [`ServerHandle::stop`] or on drop) tears down the listener *and* every open
-//! connection, which is what a test means by "the upstream went away".
+//! connection in a [`JoinSet`] owned by the accept task. [`ServerHandle::stop`] closes
+//! the listener and *waits* until every open connection is gone, which is what a test
+//! means by "the upstream went away": the very next request must find it gone. Dropping
+//! the handle aborts the same way without waiting.
 
 use std::net::SocketAddr;
 use std::sync::Mutex;
@@ -15,12 +16,14 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
 
 /// Owns the accept loop of a spawned server; aborts it (and all its connections) on drop.
 #[derive(Debug)]
 pub(crate) struct ServerHandle {
     addr: SocketAddr,
+    shutdown: Mutex<Option<oneshot::Sender<()>>>,
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -47,9 +50,11 @@ impl ServerHandle {
         let addr = listener
             .local_addr()
             .expect("testkit: local address of the listener");
-        let task = tokio::spawn(accept_loop(listener, make_router(addr)));
+        let (shutdown, stopping) = oneshot::channel();
+        let task = tokio::spawn(accept_loop(listener, make_router(addr), stopping));
         Ok(Self {
             addr,
+            shutdown: Mutex::new(Some(shutdown)),
             task: Mutex::new(Some(task)),
         })
     }
@@ -59,29 +64,43 @@ impl ServerHandle {
         self.addr
     }
 
-    /// Stop accepting and drop every open connection. Idempotent.
-    pub(crate) fn stop(&self) {
-        let task = self
-            .task
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(task) = task {
+    /// Stop accepting and close every open connection; returns once the listener and
+    /// all connections are closed. Idempotent.
+    pub(crate) async fn stop(&self) {
+        if let Some(shutdown) = take(&self.shutdown) {
+            let _ = shutdown.send(());
+        }
+        if let Some(task) = take(&self.task) {
+            let _ = task.await;
+        }
+    }
+}
+
+fn take<T>(slot: &Mutex<Option<T>>) -> Option<T> {
+    slot.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take()
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        if let Some(task) = take(&self.task) {
             task.abort();
         }
     }
 }
 
-impl Drop for ServerHandle {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-async fn accept_loop(listener: TcpListener, router: Router) {
+async fn accept_loop(listener: TcpListener, router: Router, mut stopping: oneshot::Receiver<()>) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
+            // A stop (or a dropped handle): close the listener, then abort every
+            // connection and wait until each is gone.
+            _ = &mut stopping => {
+                drop(listener);
+                connections.shutdown().await;
+                return;
+            }
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
                     // Best effort: latency matters more than throughput for a mock.

@@ -618,7 +618,7 @@ async fn hanging_requests_stay_in_flight() {
     assert_eq!(ok.status(), 200);
     assert!(!pending.is_finished());
     // Stopping the mock drops the hanging connection.
-    mock.stop();
+    mock.stop().await;
     let outcome = tokio::time::timeout(Duration::from_secs(10), pending)
         .await
         .expect("the hanging request ends once the mock stops")

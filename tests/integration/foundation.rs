@@ -447,7 +447,7 @@ async fn upstream_failures_do_not_mention_internals() {
     .await;
     assert!(!err.raw.contains("llama.cpp"));
     // Ollama is gone.
-    app.ollama.stop();
+    app.ollama.stop().await;
     assert_error(
         app.admin_post("/api/chat", &chat("llama3.1:8b")).await,
         502,

@@ -982,7 +982,7 @@ async fn upstream_down_is_a_502() {
     let app = TestApp::spawn().await;
     let key = plain_key(&app).await.key;
     assert_chat_ok(&app, &key, "llama3.1:8b").await; // a pooled connection exists
-    app.ollama.stop();
+    app.ollama.stop().await;
     let err = assert_error(
         chat_with(&app, &key, "llama3.1:8b").await,
         502,

@@ -398,7 +398,7 @@ async fn a_failed_refresh_keeps_the_last_good_keys() {
     assert_eq!(idp.fetch_count(), 2);
     v.verify(&token).await.expect("kept after a 500");
 
-    idp.stop();
+    idp.stop().await;
     v.store.refresh().await;
     v.verify(&token)
         .await

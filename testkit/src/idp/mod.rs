@@ -161,9 +161,9 @@ impl MockIdp {
         self.server.addr()
     }
 
-    /// Stop serving (connections are refused afterwards). Idempotent.
-    pub fn stop(&self) {
-        self.server.stop();
+    /// Stop serving (connections are refused afterwards). Returns once it is all closed. Idempotent.
+    pub async fn stop(&self) {
+        self.server.stop().await;
     }
 
     /// JWKS requests received (including those answered 500 while unavailable).

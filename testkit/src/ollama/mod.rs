@@ -241,9 +241,9 @@ impl MockOllama {
     }
 
     /// Stop listening and drop every open connection (in-flight requests included), as
-    /// if Ollama died. Later connections are refused. Idempotent.
-    pub fn stop(&self) {
-        self.server.stop();
+    /// if Ollama died. Later connections are refused. Returns once it is all closed. Idempotent.
+    pub async fn stop(&self) {
+        self.server.stop().await;
     }
 
     // ------------------------------------------------------------ configuration
