@@ -94,14 +94,47 @@ impl<'a> MappingManager<'a> {
         Self { app, caller }
     }
 
+    /// The key a mapping is to point at, once the caller may write mappings for its team.
     async fn target_key(
         &self,
         key: Option<&str>,
         key_id: Option<&str>,
     ) -> Result<VirtualKey, AppError> {
-        crate::manage::keys::lookup(self.app.store.as_ref(), key, key_id)
+        let key = crate::manage::keys::lookup(self.app.store.as_ref(), key, key_id)
             .await?
-            .ok_or_else(|| AppError::invalid("field `key_id`: no such key"))
+            .ok_or_else(|| AppError::invalid("field `key_id`: no such key"))?;
+        check(
+            self.caller,
+            Capability::MappingWrite,
+            key.team_id.as_deref(),
+        )?;
+        Ok(key)
+    }
+
+    /// A mapping the caller may read, with the team of the key it points at (which its
+    /// authorisation depends on).
+    async fn load(&self, id: &str) -> Result<(Mapping, Option<String>), AppError> {
+        let mapping = self
+            .app
+            .store
+            .mapping(id)
+            .await?
+            .ok_or_else(|| AppError::NotFound("mapping not found".into()))?;
+        let team = self
+            .app
+            .store
+            .key_by_id(&mapping.key_id)
+            .await?
+            .and_then(|k| k.team_id);
+        check(self.caller, Capability::MappingRead, team.as_deref())?;
+        Ok((mapping, team))
+    }
+
+    /// A mapping the caller may read and change.
+    async fn load_for_write(&self, id: &str) -> Result<Mapping, AppError> {
+        let (mapping, team) = self.load(id).await?;
+        check(self.caller, Capability::MappingWrite, team.as_deref())?;
+        Ok(mapping)
     }
 
     /// Drops the cached resolutions a mapping affects: one issuer's, or every issuer's
@@ -135,11 +168,6 @@ impl<'a> MappingManager<'a> {
         let key = self
             .target_key(req.key.as_deref(), req.key_id.as_deref())
             .await?;
-        check(
-            self.caller,
-            Capability::MappingWrite,
-            key.team_id.as_deref(),
-        )?;
         let now = Utc::now();
         let mapping = Mapping {
             id: uuid::Uuid::new_v4().to_string(),
@@ -165,31 +193,11 @@ impl<'a> MappingManager<'a> {
     }
 
     pub async fn find(&self, id: &str) -> Result<Mapping, AppError> {
-        let mapping = self
-            .app
-            .store
-            .mapping(id)
-            .await?
-            .ok_or_else(|| AppError::NotFound("mapping not found".into()))?;
-        let team = self
-            .app
-            .store
-            .key_by_id(&mapping.key_id)
-            .await?
-            .and_then(|k| k.team_id);
-        check(self.caller, Capability::MappingRead, team.as_deref())?;
-        Ok(mapping)
+        Ok(self.load(id).await?.0)
     }
 
     pub async fn update(&self, req: UpdateMapping) -> Result<Mapping, AppError> {
-        let existing = self.find(&req.id).await?;
-        let old_team = self
-            .app
-            .store
-            .key_by_id(&existing.key_id)
-            .await?
-            .and_then(|k| k.team_id);
-        check(self.caller, Capability::MappingWrite, old_team.as_deref())?;
+        let existing = self.load_for_write(&req.id).await?;
         let mut updated = existing.clone();
         if let Some(v) = req.jwt_claim_name {
             check_text("jwt_claim_name", &v)?;
@@ -206,11 +214,6 @@ impl<'a> MappingManager<'a> {
             let key = self
                 .target_key(req.key.as_deref(), req.key_id.as_deref())
                 .await?;
-            check(
-                self.caller,
-                Capability::MappingWrite,
-                key.team_id.as_deref(),
-            )?;
             updated.key_id = key.key_id;
         }
         if let Some(v) = req.description {
@@ -234,14 +237,7 @@ impl<'a> MappingManager<'a> {
     }
 
     pub async fn delete(&self, id: &str) -> Result<Mapping, AppError> {
-        let existing = self.find(id).await?;
-        let team = self
-            .app
-            .store
-            .key_by_id(&existing.key_id)
-            .await?
-            .and_then(|k| k.team_id);
-        check(self.caller, Capability::MappingWrite, team.as_deref())?;
+        self.load_for_write(id).await?;
         let deleted = self
             .app
             .store
