@@ -92,7 +92,7 @@ impl App {
         let upstream = Upstream::new(&config).context("cannot build the upstream client")?;
         let cancel = CancellationToken::new();
         let jwt = if config.jwt.enabled {
-            let http = reqwest::Client::builder()
+            let http = crate::outbound::client_builder()
                 .timeout(Duration::from_secs(5))
                 .build()
                 .context("cannot build the JWKS client")?;

@@ -4,6 +4,7 @@
 //! - [`config`]: the YAML configuration and its validation.
 //! - [`http`]: router, error envelope, request ids, extractors, operational routes.
 //! - [`auth`]: credentials → identity (virtual keys, master key, JWT).
+//! - [`outbound`]: outbound HTTP clients and their TLS provider.
 //! - [`store`]: the database (sea-orm) and Redis connections.
 //! - [`telemetry`]: logs and metrics.
 //! - [`app`], [`server`]: state assembly, serving and graceful shutdown.
@@ -17,6 +18,7 @@ pub mod http;
 pub mod invalidation;
 pub mod limits;
 pub mod manage;
+pub mod outbound;
 pub mod proxy;
 pub mod server;
 pub mod store;

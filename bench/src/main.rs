@@ -77,7 +77,7 @@ enum Cmd {
 #[derive(Args, Debug, Clone, Serialize)]
 struct Opts {
     /// Measured seconds of each phase (every direct and every proxied run).
-    #[arg(long, default_value_t = 8.0)]
+    #[arg(long, default_value_t = 5.0)]
     duration_s: f64,
     /// Unrecorded seconds before each phase (connections, caches).
     #[arg(long, default_value_t = 1.0)]

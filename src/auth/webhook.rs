@@ -44,7 +44,7 @@ pub struct AuthWebhook {
 impl AuthWebhook {
     pub fn new(config: &AuthWebhookConfig) -> Option<Result<Self, reqwest::Error>> {
         let url = config.url.clone()?;
-        let client = match reqwest::Client::builder()
+        let client = match crate::outbound::client_builder()
             .timeout(Duration::from_millis(config.timeout_ms.max(1)))
             .build()
         {

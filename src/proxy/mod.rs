@@ -38,7 +38,7 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn new(config: &Config) -> reqwest::Result<Self> {
-        let client = reqwest::Client::builder()
+        let client = crate::outbound::client_builder()
             .connect_timeout(Duration::from_secs(config.upstream.connect_timeout_s))
             .timeout(Duration::from_secs(config.server.request_timeout_s))
             .pool_idle_timeout(Duration::from_secs(90))

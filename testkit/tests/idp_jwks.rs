@@ -6,8 +6,14 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde_json::{Value, json};
 use testkit::idp::{MockIdp, SIGNING_ALGORITHMS};
 
+/// reqwest is built without a TLS provider of its own (see tollgate's `outbound`).
+async fn get(url: String) -> reqwest::Result<reqwest::Response> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new().get(url).send().await
+}
+
 async fn fetch_jwks(idp: &MockIdp) -> JwkSet {
-    reqwest::get(idp.jwks_url())
+    get(idp.jwks_url())
         .await
         .expect("JWKS reachable")
         .error_for_status()
@@ -41,7 +47,7 @@ fn verify(idp: &MockIdp, jwks: &JwkSet, token: &str) -> Result<Value, String> {
 #[tokio::test]
 async fn discovery_points_at_the_jwks() {
     let idp = MockIdp::start().await;
-    let doc: Value = reqwest::get(idp.discovery_url())
+    let doc: Value = get(idp.discovery_url())
         .await
         .expect("reachable")
         .json()
@@ -144,7 +150,7 @@ async fn bad_tokens_do_not_verify() {
 async fn unavailable_jwks_answers_500_and_is_counted() {
     let idp = MockIdp::start().await;
     idp.set_available(false);
-    let resp = reqwest::get(idp.jwks_url()).await.expect("reachable");
+    let resp = get(idp.jwks_url()).await.expect("reachable");
     assert_eq!(resp.status(), 500);
     assert_eq!(idp.fetch_count(), 1);
     idp.set_available(true);

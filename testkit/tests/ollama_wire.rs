@@ -5,7 +5,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use testkit::ollama::{Failure, MockOllama};
 
+/// reqwest is built without a TLS provider of its own (see tollgate's `outbound`).
 fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::new()
 }
 

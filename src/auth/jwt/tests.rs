@@ -21,7 +21,13 @@ fn config(idp: &MockIdp) -> JwtConfig {
 }
 
 fn verifier(config: &JwtConfig) -> JwtVerifier {
-    JwtVerifier::new(config, reqwest::Client::new()).expect("verifier builds")
+    JwtVerifier::new(config, test_client()).expect("verifier builds")
+}
+
+fn test_client() -> reqwest::Client {
+    crate::outbound::client_builder()
+        .build()
+        .expect("client builds")
 }
 
 fn now() -> i64 {
@@ -73,7 +79,7 @@ fn jwt_shape() {
 
 #[test]
 fn configuration_errors_name_the_key() {
-    let http = reqwest::Client::new;
+    let http = test_client;
     for algorithms in [vec!["HS256"], vec!["RS256", "none"], vec!["FOO"], vec![]] {
         let config = JwtConfig {
             algorithms: algorithms.iter().map(|a| a.to_string()).collect(),
@@ -694,8 +700,14 @@ async fn verified_tokens_are_cached_until_min_of_exp_and_60s() {
         leeway_s: 0,
         ..config(&idp)
     });
+    // Verified at explicit times with no leeway: the claims are pinned to `t` too, or a
+    // second boundary crossed while signing would make them "not yet valid".
     let t = now();
-    let token = idp.sign(Algorithm::RS256, &idp.standard_claims("olga"));
+    let issued_at_t = |claims: Value| with(with(claims, "iat", json!(t)), "nbf", json!(t));
+    let token = idp.sign(
+        Algorithm::RS256,
+        &issued_at_t(with(idp.standard_claims("olga"), "exp", json!(t + 600))),
+    );
     v.verify_at(&token, t).await.expect("verified");
     assert_eq!(checks(&v), 1);
     v.verify_at(&token, t + 59).await.expect("cache hit");
@@ -714,7 +726,7 @@ async fn verified_tokens_are_cached_until_min_of_exp_and_60s() {
     assert_eq!(reason(v.verify_at(&token, t + 61).await), "jwt_unknown_kid");
 
     // An entry never outlives the token's exp.
-    let short = with(idp.standard_claims("olga"), "exp", json!(t + 5));
+    let short = issued_at_t(with(idp.standard_claims("olga"), "exp", json!(t + 5)));
     let short = idp.sign(Algorithm::ES256, &short);
     v.verify_at(&short, t).await.expect("verified");
     let before = checks(&v);

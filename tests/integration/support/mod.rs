@@ -502,7 +502,7 @@ impl TestAppBuilder {
 
 /// A reqwest client for talking to a gateway: no proxy from the environment.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+    tollgate::outbound::client_builder()
         .no_proxy()
         .build()
         .expect("reqwest client")
