@@ -140,6 +140,22 @@ impl Limiter {
         }
     }
 
+    /// For a request with no limits to enforce (an unlimited key, the master key). In
+    /// `closed` mode it is refused too while Redis is unreachable — SPEC §7 refuses
+    /// proxied routes, not limited keys — judged from the client's connection state,
+    /// so nothing is sent to Redis.
+    pub fn check_available(&self) -> Result<(), AppError> {
+        match &self.redis {
+            Some(redis) if self.failure_mode == FailureMode::Closed && !redis.is_connected() => {
+                tracing::warn!("Redis unavailable: refusing (failure_mode: closed)");
+                metrics::counter!(crate::telemetry::LIMIT_REJECTIONS, "kind" => "unavailable")
+                    .increment(1);
+                Err(AppError::LimitsUnavailable)
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Releases the permit, replacing its reservation by the real usage.
     pub fn settle(&self, permit: Permit, tokens: u64, cost: f64) {
         match permit {

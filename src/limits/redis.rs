@@ -140,6 +140,10 @@ impl RedisLimiter {
     pub async fn ping(&self) -> Result<(), fred::error::Error> {
         self.inner.conn.ping().await
     }
+
+    pub fn is_connected(&self) -> bool {
+        self.inner.conn.is_connected()
+    }
 }
 
 impl RedisPermit {

@@ -264,7 +264,8 @@ pub async fn forward(
         .map_err(AppError::internal)
 }
 
-/// Admits the request against its key's and team's limits; `None` when unlimited.
+/// Admits the request against its key's and team's limits; `None` when unlimited (which
+/// `failure_mode: closed` still refuses while Redis is unreachable).
 async fn admit(
     app: &App,
     caller: &auth::Caller,
@@ -272,6 +273,7 @@ async fn admit(
     model: Option<&str>,
 ) -> Result<Option<Permit>, AppError> {
     if caller.is_admin() {
+        app.limiter.check_available()?;
         return Ok(None);
     }
     let mut subjects = Vec::with_capacity(2);
@@ -299,6 +301,7 @@ async fn admit(
     }
     subjects.retain(Subject::is_limited);
     if subjects.is_empty() {
+        app.limiter.check_available()?;
         return Ok(None);
     }
     let demand = match facts.output_bound {

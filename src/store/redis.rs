@@ -59,6 +59,13 @@ impl RedisConn {
         Ok(())
     }
 
+    /// Whether the client holds a live connection: a local read, nothing is sent. A
+    /// closed or refused connection shows at once; a silent partition only once a
+    /// command times out.
+    pub fn is_connected(&self) -> bool {
+        self.client.is_connected()
+    }
+
     /// Closes both connections; bounded, so shutdown never waits on an unreachable Redis.
     pub async fn quit(&self) {
         let limit = std::time::Duration::from_secs(1);

@@ -836,6 +836,36 @@ async fn redis_down_closed_mode_refuses_with_limits_unavailable() {
     drop(app);
 }
 
+/// `redis.failure_mode: closed` refuses every proxied request while Redis is gone, not
+/// only those with limits to check: a key without limits and the master key get 503
+/// `limits_unavailable` too, and nothing more reaches the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_closed_mode_refuses_unlimited_callers_too() {
+    let Some((app, proxy)) = behind_cuttable_redis(FailureMode::Closed).await else {
+        return;
+    };
+    let (key, _) = limited_key(&app, KeyFields::default()).await;
+    for caller in [key.as_str(), MASTER_KEY] {
+        let resp = app.post_json("/api/chat", Some(caller), &once()).await;
+        assert_eq!(resp.status(), 200, "served while Redis answers");
+        read_to_end(resp).await.expect("body");
+    }
+
+    proxy.stop().await;
+    // The outage as operators see it; by then the client has seen its connection close.
+    assert_redis_not_ready(&app).await;
+    for caller in [key.as_str(), MASTER_KEY] {
+        let resp = app.post_json("/api/chat", Some(caller), &once()).await;
+        assert_error(resp, 503, "limits_unavailable").await;
+    }
+    assert_eq!(
+        app.ollama.request_count(),
+        2,
+        "nothing reached the upstream"
+    );
+    drop(app);
+}
+
 /// `redis.failure_mode: open`: with Redis gone, requests are served under this
 /// instance's own limits (`rpm_limit: 2` → exactly two of three), the fallback is
 /// counted in `/metrics`, and `/readyz` names redis.
