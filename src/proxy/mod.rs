@@ -112,57 +112,27 @@ pub async fn forward(
         auth::Purpose::Proxy,
     )
     .await?;
-
-    // SPEC §5.2, checks 2–4, before anything is sent upstream.
-    access::check_key_state(&caller, started_at)?;
-    let admin_only = spec.admin_only && app.config.upstream.admin_routes_require_admin;
-    access::check_route(&caller, req.uri().path(), admin_only)?;
-
     let request_id = req
         .extensions()
         .get::<RequestId>()
         .map(|r| r.0.clone())
         .unwrap_or_else(|| Arc::from("-"));
-    let method = req.method().clone();
-    let path_and_query = req
-        .uri()
-        .path_and_query()
-        .map_or_else(|| req.uri().path(), |p| p.as_str());
-    let mut url = String::with_capacity(app.upstream.base.len() + path_and_query.len());
-    url.push_str(&app.upstream.base);
-    url.push_str(path_and_query);
-    let path_model = (spec.kind == Kind::OpenAiModel).then(|| {
-        req.uri()
-            .path()
-            .trim_start_matches("/v1/models/")
-            .to_string()
-    });
-    let mut headers = HeaderMap::new();
-    for name in FORWARDED_REQUEST_HEADERS {
-        if let Some(v) = req.headers().get(name) {
-            headers.insert(name.clone(), v.clone());
+
+    let Prepared {
+        method,
+        url,
+        headers,
+        body,
+        facts,
+        model,
+        permit,
+    } = match prepare(&app, spec, &caller, &request_id, req, started_at).await {
+        Ok(prepared) => prepared,
+        Err(err) => {
+            publish_refusal(&app, &caller, spec, &request_id, started, &err);
+            return Err(err);
         }
-    }
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        headers.insert(crate::http::request_id::HEADER, v);
-    }
-
-    let body = Bytes::from_request(req, &())
-        .await
-        .map_err(body_rejection)?;
-    let json_body = !matches!(spec.kind, Kind::Plain) && !body.is_empty();
-    let (facts, body) = if json_body {
-        inspect::inspect(spec.kind, body, caller.is_admin(), &app.config.upstream)?
-    } else {
-        (inspect::RequestFacts::default(), body)
     };
-    let model = facts.model.clone().or(path_model);
-    if let Some(m) = &model {
-        access::check_model(&caller, m)?;
-    }
-
-    // Checks 5–7: budget, rate, parallel. Refused requests consume nothing.
-    let permit = admit(&app, &caller, &facts, model.as_deref()).await?;
 
     let mut ticket = UsageTicket {
         app: app.clone(),
@@ -262,6 +232,109 @@ pub async fn forward(
     response
         .body(Body::from_stream(metered))
         .map_err(AppError::internal)
+}
+
+/// An authenticated request that passed every check before the upstream (SPEC §5.2)
+/// and holds its limiter permit, ready to send.
+struct Prepared {
+    method: axum::http::Method,
+    url: String,
+    headers: HeaderMap,
+    body: Bytes,
+    facts: inspect::RequestFacts,
+    model: Option<String>,
+    permit: Option<Permit>,
+}
+
+/// Checks 2–7 in order; the first that fails refuses the request, which then consumes
+/// nothing.
+async fn prepare(
+    app: &App,
+    spec: &'static RouteSpec,
+    caller: &auth::Caller,
+    request_id: &str,
+    req: Request,
+    started_at: chrono::DateTime<chrono::Utc>,
+) -> Result<Prepared, AppError> {
+    access::check_key_state(caller, started_at)?;
+    let admin_only = spec.admin_only && app.config.upstream.admin_routes_require_admin;
+    access::check_route(caller, req.uri().path(), admin_only)?;
+
+    let method = req.method().clone();
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| req.uri().path(), |p| p.as_str());
+    let mut url = String::with_capacity(app.upstream.base.len() + path_and_query.len());
+    url.push_str(&app.upstream.base);
+    url.push_str(path_and_query);
+    let path_model = (spec.kind == Kind::OpenAiModel).then(|| {
+        req.uri()
+            .path()
+            .trim_start_matches("/v1/models/")
+            .to_string()
+    });
+    let mut headers = HeaderMap::new();
+    for name in FORWARDED_REQUEST_HEADERS {
+        if let Some(v) = req.headers().get(name) {
+            headers.insert(name.clone(), v.clone());
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        headers.insert(crate::http::request_id::HEADER, v);
+    }
+
+    let body = Bytes::from_request(req, &())
+        .await
+        .map_err(body_rejection)?;
+    let json_body = !matches!(spec.kind, Kind::Plain) && !body.is_empty();
+    let (facts, body) = if json_body {
+        inspect::inspect(spec.kind, body, caller.is_admin(), &app.config.upstream)?
+    } else {
+        (inspect::RequestFacts::default(), body)
+    };
+    let model = facts.model.clone().or(path_model);
+    if let Some(m) = &model {
+        access::check_model(caller, m)?;
+    }
+
+    let permit = admit(app, caller, &facts, model.as_deref()).await?;
+    Ok(Prepared {
+        method,
+        url,
+        headers,
+        body,
+        facts,
+        model,
+        permit,
+    })
+}
+
+/// A refused request has no usage row (it consumed nothing) but is shown on the live
+/// feed, so operators see 403s and 429s as they happen.
+fn publish_refusal(
+    app: &App,
+    caller: &auth::Caller,
+    spec: &'static RouteSpec,
+    request_id: &Arc<str>,
+    started: Instant,
+    err: &AppError,
+) {
+    app.events
+        .publish(|| crate::telemetry::events::RequestEvent {
+            time: chrono::Utc::now(),
+            request_id: request_id.to_string(),
+            key_name: caller.label.to_string(),
+            key_id: caller.key.as_ref().map(|k| k.key_id.clone()),
+            team_id: caller.team_id.clone(),
+            model: None,
+            route: spec.path.to_string(),
+            status: "refused".to_string(),
+            http_status: err.status().as_u16(),
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            latency_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        });
 }
 
 /// Admits the request against its key's and team's limits; `None` when unlimited (which

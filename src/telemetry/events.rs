@@ -1,4 +1,4 @@
-//! The live request feed: every finished proxied request is published as a
+//! The live request feed: every finished or refused proxied request is published as a
 //! [`RequestEvent`] on an in-process broadcast channel, which the console's WebSocket
 //! subscribes to. Publishing never blocks and costs nothing when nobody listens.
 

@@ -248,6 +248,59 @@ async fn the_feed_streams_finished_requests() {
     app.shutdown().await;
 }
 
+/// Refused requests are on the feed too (status `refused`, the refusal's HTTP status,
+/// no tokens), so a 429 shows as it happens; they reach nothing and write no usage row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_shows_refused_requests() {
+    let app = TestApp::spawn().await;
+    let ticket = master_ticket(&app).await;
+    let mut socket = connect(&app, &ticket).await;
+    let (plain, key) = app
+        .create_key(KeyFields {
+            rpm_limit: Some(1),
+            metadata: json!({}),
+            ..KeyFields::default()
+        })
+        .await;
+    chat(&app, &plain).await;
+    let (served, _) = next_event(&mut socket).await;
+    assert_eq!(served["http_status"], 200, "{served}");
+
+    let refused = app
+        .post_json("/api/chat", Some(&plain), &chat_once(MODEL))
+        .await;
+    let request_id = refused
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("x-request-id")
+        .to_string();
+    assert_error(refused, 429, "rate_limited").await;
+    let (event, raw) = next_event(&mut socket).await;
+    assert_eq!(event["request_id"], json!(request_id), "{raw}");
+    assert_eq!(event["status"], "refused", "{raw}");
+    assert_eq!(event["http_status"], 429, "{raw}");
+    assert_eq!(event["key_id"], json!(key.key_id), "{raw}");
+    assert_eq!(event["key_name"], json!(key.key_name), "{raw}");
+    assert_eq!(event["route"], "/api/chat", "{raw}");
+    assert_eq!(event["tokens"], 0, "{raw}");
+    assert!(!raw.contains(&plain), "the feed leaked the key: {raw}");
+
+    assert_eq!(app.ollama.request_count(), 1, "the refusal reached nothing");
+    app.app.spend.flush().await;
+    let rows = ok_json(
+        app.admin_get(&format!("/spend/logs?key_id={}", key.key_id))
+            .await,
+    )
+    .await;
+    assert_eq!(
+        rows.as_array().map(Vec::len),
+        Some(1),
+        "only the served request has a usage row: {rows}"
+    );
+    app.shutdown().await;
+}
+
 /// SPEC §6.5 on the feed: a team admin's ticket shows only its own team's requests;
 /// an admin JWT's shows everything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
