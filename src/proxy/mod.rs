@@ -118,15 +118,7 @@ pub async fn forward(
         .map(|r| r.0.clone())
         .unwrap_or_else(|| Arc::from("-"));
 
-    let Prepared {
-        method,
-        url,
-        headers,
-        body,
-        facts,
-        model,
-        permit,
-    } = match prepare(&app, spec, &caller, &request_id, req, started_at).await {
+    let prepared = match prepare(&app, spec, &caller, &request_id, req, started_at).await {
         Ok(prepared) => prepared,
         Err(err) => {
             publish_refusal(&app, &caller, spec, &request_id, started, &err);
@@ -141,21 +133,21 @@ pub async fn forward(
         team_id: caller.team_id.clone(),
         user_id: caller.user_id.clone(),
         label: caller.label.clone(),
-        model,
+        model: prepared.model,
         route: spec.path,
         http_status: 0,
         started_at,
         started,
-        permit,
+        permit: prepared.permit,
         recorded: false,
     };
     let upstream_started = Instant::now();
     let sent = app
         .upstream
         .client
-        .request(method, url)
-        .headers(headers)
-        .body(body)
+        .request(prepared.method, prepared.url)
+        .headers(prepared.headers)
+        .body(prepared.body)
         .send()
         .await;
     metrics::histogram!(crate::telemetry::UPSTREAM_SECONDS, "route" => spec.path)
@@ -196,9 +188,10 @@ pub async fn forward(
     }
 
     let framing = match spec.kind {
-        Kind::NativeGenerate if facts.stream => Framing::Lines,
-        Kind::OpenAiCompletion | Kind::OpenAiOther if facts.stream => Framing::Events {
-            hide_usage_chunk: spec.kind == Kind::OpenAiCompletion && !facts.client_wants_usage,
+        Kind::NativeGenerate if prepared.facts.stream => Framing::Lines,
+        Kind::OpenAiCompletion | Kind::OpenAiOther if prepared.facts.stream => Framing::Events {
+            hide_usage_chunk: spec.kind == Kind::OpenAiCompletion
+                && !prepared.facts.client_wants_usage,
         },
         Kind::NativeGenerate | Kind::NativeEmbed | Kind::OpenAiCompletion | Kind::OpenAiOther => {
             Framing::Whole
@@ -337,19 +330,12 @@ fn publish_refusal(
         });
 }
 
-/// Admits the request against its key's and team's limits; `None` when unlimited (which
-/// `failure_mode: closed` still refuses while Redis is unreachable).
-async fn admit(
-    app: &App,
-    caller: &auth::Caller,
-    facts: &inspect::RequestFacts,
-    model: Option<&str>,
-) -> Result<Option<Permit>, AppError> {
-    if caller.is_admin() {
-        app.limiter.check_available()?;
-        return Ok(None);
-    }
+/// The key's and team's limits that are set; none for the master key and admin JWTs.
+fn limited_subjects(caller: &auth::Caller) -> Vec<Subject> {
     let mut subjects = Vec::with_capacity(2);
+    if caller.is_admin() {
+        return subjects;
+    }
     if let Some(k) = &caller.key {
         subjects.push(Subject {
             id: Arc::from(format!("key:{}", k.key_id)),
@@ -373,6 +359,18 @@ async fn admit(
         });
     }
     subjects.retain(Subject::is_limited);
+    subjects
+}
+
+/// Admits the request against its key's and team's limits; `None` when unlimited (which
+/// `failure_mode: closed` still refuses while Redis is unreachable).
+async fn admit(
+    app: &App,
+    caller: &auth::Caller,
+    facts: &inspect::RequestFacts,
+    model: Option<&str>,
+) -> Result<Option<Permit>, AppError> {
+    let subjects = limited_subjects(caller);
     if subjects.is_empty() {
         app.limiter.check_available()?;
         return Ok(None);
