@@ -1,4 +1,9 @@
-//! `App`: the state every handler shares, built once from configuration.
+//! `App`: the composition root. It is built once from configuration, connects the
+//! database and Redis, constructs every component with the parts it uses, starts the
+//! background tasks, and is what the handlers, the router and the server see.
+//!
+//! Nothing below the HTTP layer takes an `App`: each component names its dependencies in
+//! its constructor, so the wiring is all here and readable in one place.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,12 +12,29 @@ use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Authenticator;
+use crate::auth::invalidation::Invalidator;
+use crate::auth::jwt::JwtVerifier;
 use crate::auth::keys::KeyResolver;
+use crate::auth::mapping::{MappingPolicy, MappingResolver};
+use crate::auth::tickets::TicketStore;
+use crate::auth::webhook::AuthWebhook;
 use crate::config::Config;
-use crate::proxy::Upstream;
+use crate::limits::{Limiter, RedisLimiter};
+use crate::services::keys::KeyService;
+use crate::services::mappings::MappingService;
+use crate::services::proxy::{InFlight, Proxy, ProxyParts, UsageSink};
+use crate::services::spend::SpendService;
+use crate::services::teams::TeamService;
 use crate::store::redis::RedisConn;
+use crate::store::shared_cache::SharedCache;
 use crate::store::{SqlStore, Store};
-use crate::usage::SpendRecorder;
+use crate::tasks::BackgroundTasks;
+use crate::upstream::Upstream;
+use crate::usage::{BudgetResets, EventFeed, SpendRecorder};
+
+/// How long shutdown waits for background tasks (settlements, the last usage batch).
+const TASKS_SHUTDOWN_LIMIT: Duration = Duration::from_secs(10);
 
 /// Shared application state. One per process; cloned as `Arc<App>` into handlers.
 pub struct App {
@@ -28,34 +50,47 @@ pub struct App {
     pub cancel: CancellationToken,
     /// Fired when shutdown starts (no new connections): long-lived sockets close now.
     pub stopping: CancellationToken,
-    /// SHA-256 of `server.master_key` (compared in constant time), if set.
-    pub master_key_hash: Option<String>,
     /// Virtual key and team lookups, cached.
     pub keys: Arc<KeyResolver>,
-    /// Spreads key/team changes to every instance.
-    pub invalidator: crate::invalidation::Invalidator,
-    /// JWT verification, when `jwt.enabled`.
-    pub jwt: Option<Arc<crate::auth::jwt::JwtVerifier>>,
-    /// Delegated validation of other token shapes, when `auth_webhook.url` is set.
-    pub auth_webhook: Option<crate::auth::webhook::AuthWebhook>,
-    /// Pooled client for Ollama.
-    pub upstream: Upstream,
+    /// Bearer credential → caller.
+    pub authenticator: Arc<Authenticator>,
+    /// SSO identity → virtual key (and its shared cache).
+    pub mappings: Arc<MappingResolver>,
+    /// Admission control for keys and teams.
+    pub limiter: Arc<Limiter>,
+    /// The proxy pipeline.
+    pub proxy: Proxy,
     /// Batched usage and spend writer.
     pub spend: SpendRecorder,
-    /// Claim → key resolutions (SPEC §6.3): Redis when configured, else in process.
-    pub mapping_cache: crate::store::shared_cache::SharedCache,
-    /// Admission control for keys and teams.
-    pub limiter: crate::limits::Limiter,
     /// Live feed of finished requests (the console's WebSocket).
-    pub events: crate::telemetry::events::EventFeed,
+    pub events: EventFeed,
     /// Proxied responses still being streamed (drained on shutdown).
-    pub in_flight: crate::proxy::InFlight,
+    pub in_flight: InFlight,
+    /// The budget-period job.
+    pub budgets: Arc<BudgetResets>,
+    /// The console's single-use WebSocket tickets (Redis when configured).
+    pub tickets: TicketStore,
+    pub key_service: KeyService,
+    pub team_service: TeamService,
+    pub mapping_service: MappingService,
+    pub spend_logs: SpendService,
+    /// Owner of every background task.
+    tasks: BackgroundTasks,
 }
 
 impl App {
     /// Connects to the database (migrating unless disabled) and Redis, and assembles the
     /// services. Fails with a message naming the dependency that is missing.
     pub async fn build(config: Config) -> anyhow::Result<Arc<App>> {
+        Self::build_with(config, |store| store).await
+    }
+
+    /// [`App::build`], with the store wrapped before any component receives it (tests
+    /// count or break storage calls this way).
+    pub async fn build_with(
+        config: Config,
+        wrap_store: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store>,
+    ) -> anyhow::Result<Arc<App>> {
         let db = crate::store::connect(&config.database)
             .await
             .context("cannot connect to the database (database.url)")?;
@@ -80,79 +115,127 @@ impl App {
         {
             tracing::warn!("no server.master_key: the management API answers only admin JWTs");
         }
-        let store: Arc<dyn Store> = Arc::new(SqlStore::new(db));
+        let tasks = BackgroundTasks::new();
+        let spawner = tasks.spawner();
+        let store = wrap_store(Arc::new(SqlStore::new(db)));
+
         let keys = Arc::new(KeyResolver::new(
             store.clone(),
             Duration::from_secs(config.cache.key_ttl_s),
             Duration::from_secs(config.cache.stale_if_error_s),
         ));
-        let invalidator = crate::invalidation::Invalidator::start(redis.clone(), keys.clone())
-            .await
-            .context("cannot subscribe to Redis (redis.url)")?;
-        let upstream = Upstream::new(&config).context("cannot build the upstream client")?;
-        let cancel = CancellationToken::new();
+        let invalidator = Arc::new(
+            Invalidator::start(redis.clone(), keys.clone(), &spawner)
+                .await
+                .context("cannot subscribe to Redis (redis.url)")?,
+        );
         let jwt = if config.jwt.enabled {
             let http = crate::outbound::client_builder()
                 .timeout(Duration::from_secs(5))
                 .build()
                 .context("cannot build the JWKS client")?;
-            let verifier = Arc::new(
-                crate::auth::jwt::JwtVerifier::new(&config.jwt, http)
-                    .map_err(|e| anyhow::anyhow!(e))?,
-            );
-            verifier.start_refresh(cancel.clone());
+            let verifier =
+                Arc::new(JwtVerifier::new(&config.jwt, http).map_err(|e| anyhow::anyhow!(e))?);
+            verifier.start_refresh(&spawner);
             Some(verifier)
         } else {
             None
         };
+        let mappings = Arc::new(MappingResolver::new(
+            MappingPolicy::from_config(&config.jwt),
+            store.clone(),
+            keys.clone(),
+            SharedCache::new(
+                redis.clone(),
+                Duration::from_secs(config.jwt.mapping_cache_ttl_s.max(1)),
+            ),
+        ));
         let master_key_hash = config
             .server
             .master_key
             .as_ref()
             .filter(|k| !k.expose().is_empty())
             .map(|k| crate::auth::secrets::hash_secret(k.expose()));
-        Ok(Arc::new(App {
-            spend: SpendRecorder::start(store.clone()),
-            store,
-            keys,
-            invalidator,
-            upstream,
+        let webhook = AuthWebhook::new(&config.auth_webhook)
+            .transpose()
+            .context("cannot build the auth webhook client")?;
+        let authenticator = Arc::new(Authenticator::new(
             master_key_hash,
-            in_flight: crate::proxy::InFlight::default(),
-            events: crate::telemetry::events::EventFeed::default(),
-            mapping_cache: crate::store::shared_cache::SharedCache::new(
-                redis.clone(),
-                Duration::from_secs(config.jwt.mapping_cache_ttl_s.max(1)),
-            ),
-            limiter: crate::limits::Limiter::new(
-                redis.clone().map(|conn| {
-                    crate::limits::RedisLimiter::new(
-                        conn,
-                        Duration::from_secs(config.server.request_timeout_s),
-                    )
-                }),
-                config.redis.failure_mode,
-            ),
-            redis,
-            metrics: crate::telemetry::metrics_handle(),
-            cancel,
-            stopping: CancellationToken::new(),
+            keys.clone(),
             jwt,
-            auth_webhook: crate::auth::webhook::AuthWebhook::new(&config.auth_webhook)
-                .transpose()
-                .context("cannot build the auth webhook client")?,
+            mappings.clone(),
+            webhook,
+        ));
+
+        let limiter = Arc::new(Limiter::new(
+            redis.clone().map(|conn| {
+                RedisLimiter::new(
+                    conn,
+                    Duration::from_secs(config.server.request_timeout_s),
+                    spawner.clone(),
+                )
+            }),
+            config.redis.failure_mode,
+        ));
+        let spend = SpendRecorder::start(store.clone(), &spawner);
+        let events = EventFeed::default();
+        let in_flight = InFlight::default();
+        let cancel = CancellationToken::new();
+        let upstream =
+            Arc::new(Upstream::new(&config).context("cannot build the upstream client")?);
+        let proxy = Proxy::new(ProxyParts {
+            authenticator: authenticator.clone(),
+            limiter: limiter.clone(),
+            upstream,
+            policy: config.upstream.clone(),
+            usage: Arc::new(UsageSink {
+                pricing: config.pricing.clone(),
+                limiter: limiter.clone(),
+                events: events.clone(),
+                spend: spend.clone(),
+            }),
+            in_flight: in_flight.clone(),
+            cancel: cancel.clone(),
+        });
+
+        let budgets = Arc::new(BudgetResets::new(store.clone(), invalidator.clone()));
+        budgets.start(&spawner);
+
+        Ok(Arc::new(App {
+            key_service: KeyService::new(store.clone(), invalidator.clone()),
+            team_service: TeamService::new(store.clone(), invalidator.clone()),
+            mapping_service: MappingService::new(store.clone(), mappings.clone()),
+            mappings,
+            limiter,
+            spend_logs: SpendService::new(store.clone()),
+            tickets: TicketStore::new(redis.clone()),
+            metrics: crate::telemetry::metrics_handle(),
+            stopping: CancellationToken::new(),
+            store,
+            redis,
+            cancel,
+            keys,
+            authenticator,
+            proxy,
+            spend,
+            events,
+            in_flight,
+            budgets,
+            tasks,
             config,
         }))
     }
 
-    /// Makes a key or team change visible here at once and on every other instance.
-    pub async fn invalidate(&self, change: crate::invalidation::Change) {
-        self.invalidator.publish(&self.keys, change).await;
+    /// Background tasks still running (0 once [`App::close`] has returned).
+    pub fn background_tasks(&self) -> usize {
+        self.tasks.len()
     }
 
-    /// Releases connections (Redis) after the server has stopped.
+    /// After the server has stopped: writes the last usage rows, stops and awaits every
+    /// background task, then releases Redis.
     pub async fn close(&self) {
         self.spend.shutdown().await;
+        self.tasks.shutdown(TASKS_SHUTDOWN_LIMIT).await;
         if let Some(redis) = &self.redis {
             redis.quit().await;
         }

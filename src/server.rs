@@ -17,7 +17,6 @@ pub async fn serve(
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    crate::usage::spawn_budget_resets(&app);
     let grace = Duration::from_secs(app.config.server.shutdown_grace_s);
     let stopping = app.stopping.clone();
     // Small request/response exchanges must not wait on Nagle's algorithm.

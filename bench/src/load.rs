@@ -59,6 +59,10 @@ impl Call {
         })
     }
 
+    #[expect(
+        clippy::expect_used,
+        reason = "a parsed URI with static headers always builds"
+    )]
     fn request(&self) -> Request<Full<Bytes>> {
         let mut req = Request::post(self.url.clone())
             .header(CONTENT_TYPE, "application/json")
@@ -312,6 +316,10 @@ pub fn scheduled_at(rate: f64, i: u64) -> Duration {
 /// that lag is reported (`send_lag`) and is part of the latency, which runs from the
 /// scheduled time. Returns once every request has ended. Blocks the calling thread
 /// (which must not be a runtime thread).
+#[expect(
+    clippy::expect_used,
+    reason = "a benchmark that cannot start its load threads has nothing to report"
+)]
 fn open_run(
     rt: &Handle,
     client: &Client,

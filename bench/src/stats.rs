@@ -19,6 +19,7 @@ impl Default for Latencies {
 }
 
 impl Latencies {
+    #[expect(clippy::expect_used, reason = "constant bounds that are valid")]
     pub fn new() -> Self {
         // 1 µs .. 5 min at 3 significant digits: a few hundred KiB, fixed.
         Self(Histogram::new_with_bounds(1, MAX_TRACKABLE_US, 3).expect("valid histogram bounds"))

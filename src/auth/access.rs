@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 
 use super::identity::Caller;
-use crate::http::AppError;
+use crate::error::AppError;
 
 /// Check 2: expired → 401 `key_expired`; blocked key or team → 403 `key_blocked`.
 pub fn check_key_state(caller: &Caller, now: DateTime<Utc>) -> Result<(), AppError> {

@@ -3,7 +3,7 @@
 
 use super::identity::Caller;
 use crate::config::Role;
-use crate::http::AppError;
+use crate::error::AppError;
 
 /// What a management route needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use moka::future::Cache;
 
-use crate::http::AppError;
+use crate::error::AppError;
 use crate::store::{Store, StoreError, Team, VirtualKey};
 
 struct Entry<T> {

@@ -1,29 +1,36 @@
-//! Authentication: a bearer credential becomes a [`Caller`].
+//! Authentication and authorisation: a bearer credential becomes a [`Caller`], and one
+//! function ([`authorize::check`]) decides what a caller may do.
 //!
-//! The token's shape picks the path (SPEC §6): the master key, `sk-…` virtual keys, and
-//! (when enabled) JWTs. Every failure is the same 401 so callers cannot tell which check
-//! failed.
+//! The token's shape picks the path (SPEC §6): the master key, `sk-…` virtual keys
+//! ([`keys::KeyResolver`]), JWTs ([`jwt::JwtVerifier`], then [`mapping::MappingResolver`]
+//! on proxied routes), and the auth webhook for anything else. Every failure is the same
+//! 401 so callers cannot tell which check failed.
+//!
+//! Also here, because they are about who a credential is: the key cache's invalidation
+//! across instances ([`invalidation`]) and the console's single-use WebSocket tickets
+//! ([`tickets`]).
 
 pub mod access;
 pub mod authorize;
 pub mod identity;
+pub mod invalidation;
 pub mod jwt;
 pub mod keys;
 pub mod mapping;
 pub mod secrets;
+pub mod tickets;
 pub mod webhook;
 
 use std::sync::Arc;
 
-use axum::extract::FromRequestParts;
-use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, Uri};
 use subtle::ConstantTimeEq;
 
 pub use identity::{Caller, CallerKind};
 
-use crate::app::App;
-use crate::http::AppError;
+use crate::error::AppError;
+use keys::KeyResolver;
+use mapping::MappingResolver;
 
 /// The bearer token of a request, if the header is well-formed.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -52,62 +59,75 @@ pub enum Purpose {
     Manage,
 }
 
-/// Authenticates a request (its method and URI matter only to the auth webhook).
-pub async fn authenticate(
-    app: &App,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-    purpose: Purpose,
-) -> Result<Caller, AppError> {
-    let token = bearer(headers).ok_or_else(|| unauthorized("missing_credential"))?;
-    let hash = secrets::hash_secret(token);
-    if let Some(master) = &app.master_key_hash {
-        // Both sides are SHA-256 digests: equal length, compared in constant time.
-        if bool::from(hash.as_bytes().ct_eq(master.as_bytes())) {
-            return Ok(Caller::master());
-        }
-    }
-    if secrets::looks_like_key(token) {
-        return match app.keys.resolve(&hash).await? {
-            Some(resolved) => Ok(Caller::from_key(resolved.key, resolved.team)),
-            None => Err(unauthorized("unknown_key")),
-        };
-    }
-    if let Some(verifier) = &app.jwt
-        && jwt::JwtVerifier::looks_like_jwt(token)
-    {
-        let identity = verifier.verify(token).await.map_err(|e| match e {
-            jwt::JwtError::Unauthorized(_) => AppError::Unauthorized,
-            jwt::JwtError::PolicyDenied(message) => AppError::JwtPolicyDenied(message),
-        })?;
-        return match purpose {
-            Purpose::Proxy => mapping::resolve(app, identity).await,
-            Purpose::Manage => Ok(Caller::from_jwt(identity, None, None)),
-        };
-    }
-    if let Some(webhook) = &app.auth_webhook {
-        let grant = webhook.check(token, &hash, method, uri, headers).await?;
-        let team = match &grant.team_id {
-            Some(team_id) => app.keys.team(team_id).await?,
-            None => None,
-        };
-        return Ok(Caller::from_webhook(&grant, team));
-    }
-    Err(unauthorized("malformed_credential"))
+/// Turns a request's bearer credential into a [`Caller`].
+pub struct Authenticator {
+    /// SHA-256 of `server.master_key` (compared in constant time), if set.
+    master_key_hash: Option<String>,
+    keys: Arc<KeyResolver>,
+    jwt: Option<Arc<jwt::JwtVerifier>>,
+    mappings: Arc<MappingResolver>,
+    webhook: Option<webhook::AuthWebhook>,
 }
 
-impl FromRequestParts<Arc<App>> for Caller {
-    type Rejection = AppError;
+impl Authenticator {
+    pub fn new(
+        master_key_hash: Option<String>,
+        keys: Arc<KeyResolver>,
+        jwt: Option<Arc<jwt::JwtVerifier>>,
+        mappings: Arc<MappingResolver>,
+        webhook: Option<webhook::AuthWebhook>,
+    ) -> Self {
+        Self {
+            master_key_hash,
+            keys,
+            jwt,
+            mappings,
+            webhook,
+        }
+    }
 
-    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, AppError> {
-        authenticate(
-            app,
-            &parts.method,
-            &parts.uri,
-            &parts.headers,
-            Purpose::Manage,
-        )
-        .await
+    /// Authenticates a request (its method and URI matter only to the auth webhook).
+    pub async fn authenticate(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        purpose: Purpose,
+    ) -> Result<Caller, AppError> {
+        let token = bearer(headers).ok_or_else(|| unauthorized("missing_credential"))?;
+        let hash = secrets::hash_secret(token);
+        if let Some(master) = &self.master_key_hash {
+            // Both sides are SHA-256 digests: equal length, compared in constant time.
+            if bool::from(hash.as_bytes().ct_eq(master.as_bytes())) {
+                return Ok(Caller::master());
+            }
+        }
+        if secrets::looks_like_key(token) {
+            return match self.keys.resolve(&hash).await? {
+                Some(resolved) => Ok(Caller::from_key(resolved.key, resolved.team)),
+                None => Err(unauthorized("unknown_key")),
+            };
+        }
+        if let Some(verifier) = &self.jwt
+            && jwt::JwtVerifier::looks_like_jwt(token)
+        {
+            let identity = verifier.verify(token).await.map_err(|e| match e {
+                jwt::JwtError::Unauthorized(_) => AppError::Unauthorized,
+                jwt::JwtError::PolicyDenied(message) => AppError::JwtPolicyDenied(message),
+            })?;
+            return match purpose {
+                Purpose::Proxy => self.mappings.resolve(identity).await,
+                Purpose::Manage => Ok(Caller::from_jwt(identity, None, None)),
+            };
+        }
+        if let Some(webhook) = &self.webhook {
+            let grant = webhook.check(token, &hash, method, uri, headers).await?;
+            let team = match &grant.team_id {
+                Some(team_id) => self.keys.team(team_id).await?,
+                None => None,
+            };
+            return Ok(Caller::from_webhook(&grant, team));
+        }
+        Err(unauthorized("malformed_credential"))
     }
 }

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::config::AuthWebhookConfig;
-use crate::http::AppError;
+use crate::error::AppError;
 
 /// What the webhook allowed.
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -1,11 +1,18 @@
-//! HTTP plumbing shared by every route: the error envelope, request ids, extractors,
-//! the router, the operational endpoints and the OpenAPI document.
+//! The HTTP layer: the router and everything that speaks axum to a caller — handlers
+//! for the management API ([`admin`]), the console ([`console`]), the proxied Ollama
+//! routes ([`proxy`]) and operations ([`ops`]); the capability [`gate`]; extractors
+//! whose rejections are the error envelope; the request-id middleware; the OpenAPI
+//! document.
+//!
+//! Handlers are thin: extract, call a service ([`crate::services`]), map the result.
+//! Errors become responses only through [`crate::error::AppError`].
 
-pub mod error;
+pub mod admin;
+pub mod console;
 pub mod extract;
+pub mod gate;
+pub mod middleware;
 pub mod openapi;
 pub mod ops;
-pub mod request_id;
+pub mod proxy;
 pub mod router;
-
-pub use error::AppError;

@@ -1,9 +1,9 @@
 //! `GET /openapi.json`: the management and proxy API as an OpenAPI 3.1 document.
 //!
 //! - Management routes: their handlers' `#[utoipa::path]`, the same annotations that
-//!   register them ([`crate::admin::openapi`]).
+//!   register them ([`crate::http::admin::openapi`]).
 //! - Proxied Ollama routes: pass-through, so they are added from
-//!   [`crate::proxy::routes::ROUTES`] with a generic JSON body.
+//!   [`crate::services::proxy::routes::ROUTES`] with a generic JSON body.
 //! - Operations and console routes: listed in [`ApiDoc`].
 //!
 //! Errors are the [`ErrorBody`] envelope, shared as `#/components/responses/…`. The
@@ -17,7 +17,6 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::MethodFilter;
 use bytes::Bytes;
-use serde::Serialize;
 use utoipa::openapi::path::{
     HttpMethod, Operation, OperationBuilder, ParameterBuilder, ParameterIn,
 };
@@ -28,31 +27,12 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, Required, Schema};
 use utoipa::{IntoResponses, Modify, OpenApi, PartialSchema, ToSchema};
 
-use super::AppError;
 use crate::config::Duration;
-use crate::proxy::routes::{Kind, ROUTES, RouteSpec};
+use crate::error::{AppError, ErrorBody, ErrorDetail};
+use crate::services::proxy::routes::{Kind, ROUTES, RouteSpec};
 
 /// The name of the security scheme every authenticated route requires.
 pub const BEARER: &str = "bearer";
-
-/// The body of every error response.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorDetail {
-    /// Stable machine-readable code, e.g. `invalid_request`, `unauthorized`,
-    /// `forbidden`, `not_found`, `conflict`, `rate_limited`, `budget_exceeded`,
-    /// `upstream_error`, `upstream_timeout`.
-    #[schema(example = "invalid_request")]
-    pub code: String,
-    /// About the caller's request for 4xx; a fixed text for 5xx.
-    pub message: String,
-    /// The request's `X-Request-ID`.
-    pub request_id: String,
-}
 
 /// Durations are strings: a whole number followed by `s`, `m`, `h`, `d` or `w`.
 ///
@@ -188,9 +168,9 @@ const PROXY_ERRORS: &[u16] = &[400, 401, 403, 429, 502, 503, 504];
         super::ops::readyz,
         super::ops::metrics,
         openapi_json,
-        crate::console::issue_ticket,
-        crate::console::ws::events,
-        crate::console::index,
+        crate::http::console::issue_ticket,
+        crate::http::console::ws::events,
+        crate::http::console::index,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&Shared),
@@ -212,7 +192,7 @@ struct Shared;
 
 impl Modify for Shared {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
-        doc.merge(crate::admin::openapi());
+        doc.merge(crate::http::admin::openapi());
         let components = doc.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             BEARER,
@@ -465,7 +445,7 @@ mod tests {
     #[test]
     fn every_admin_route_is_documented() {
         let doc = document();
-        let routes = crate::admin::routes();
+        let routes = crate::http::admin::routes();
         assert!(!routes.is_empty());
         for (_, (_, paths, _)) in routes {
             for (path, item) in paths.paths {

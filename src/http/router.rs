@@ -9,9 +9,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tower_http::catch_panic::CatchPanicLayer;
 
-use super::error::{AppError, method_not_allowed, not_found};
-use super::{openapi, ops, request_id};
+use super::{admin, console, middleware, openapi, ops, proxy};
 use crate::app::App;
+use crate::error::AppError;
 
 pub fn build(app: Arc<App>) -> Router {
     let trusted = app.config.server.trusted_request_id;
@@ -21,20 +21,30 @@ pub fn build(app: Arc<App>) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(openapi::openapi_json))
-        .merge(crate::proxy::router())
-        .merge(crate::admin::router(app.clone()))
-        .merge(crate::console::router(app.clone()))
+        .merge(proxy::router())
+        .merge(admin::router(&app))
+        .merge(console::router(&app))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(axum::middleware::from_fn_with_state(
             trusted,
-            request_id::assign,
+            middleware::assign_request_id,
         ))
         .with_state(app)
 }
 
 fn panic_response(_panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
     AppError::internal(anyhow::anyhow!("a request handler panicked")).into_response()
+}
+
+/// 404 for every path tollgate does not serve.
+pub async fn not_found() -> AppError {
+    AppError::NotFound("no such route".into())
+}
+
+/// 405 for a known path with the wrong method.
+pub async fn method_not_allowed() -> AppError {
+    AppError::MethodNotAllowed
 }

@@ -33,7 +33,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::FailureMode;
-use crate::http::AppError;
 
 /// Limits of one subject (a key or a team).
 #[derive(Debug, Clone, Default)]
@@ -74,23 +73,32 @@ pub enum Refusal {
     Parallel,
 }
 
-impl From<Refusal> for crate::http::AppError {
-    fn from(r: Refusal) -> Self {
-        use crate::http::AppError;
-        let kind = match r {
+/// Why [`Limiter::admit`] said no. The caller (the proxy pipeline) turns it into a
+/// response; this module only counts it.
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+pub enum LimitError {
+    #[error("refused: {0:?}")]
+    Refused(Refusal),
+    /// Redis is unreachable and `failure_mode` is `closed`.
+    #[error("limits unavailable")]
+    Unavailable,
+}
+
+impl From<Refusal> for LimitError {
+    fn from(refusal: Refusal) -> Self {
+        let kind = match refusal {
             Refusal::Budget => "budget",
             Refusal::Rate { .. } => "rate",
             Refusal::Parallel => "parallel",
         };
         metrics::counter!(crate::telemetry::LIMIT_REJECTIONS, "kind" => kind).increment(1);
-        match r {
-            Refusal::Budget => AppError::BudgetExceeded,
-            Refusal::Rate { retry_after } => AppError::RateLimited {
-                retry_after_s: retry_after.as_secs().max(1),
-            },
-            Refusal::Parallel => AppError::TooManyParallelRequests,
-        }
+        Self::Refused(refusal)
     }
+}
+
+fn unavailable() -> LimitError {
+    metrics::counter!(crate::telemetry::LIMIT_REJECTIONS, "kind" => "unavailable").increment(1);
+    LimitError::Unavailable
 }
 
 /// A request's claim on its limits.
@@ -117,7 +125,7 @@ impl Limiter {
     }
 
     /// Admits the request or says why not. Refused requests consume nothing.
-    pub async fn admit(&self, subjects: &[Subject], demand: Demand) -> Result<Permit, AppError> {
+    pub async fn admit(&self, subjects: &[Subject], demand: Demand) -> Result<Permit, LimitError> {
         let Some(redis) = &self.redis else {
             return Ok(Permit::Local(self.local.admit(subjects, demand)?));
         };
@@ -127,9 +135,7 @@ impl Limiter {
             Err(e) => match self.failure_mode {
                 FailureMode::Closed => {
                     tracing::warn!(error = %e, "Redis unavailable: refusing (failure_mode: closed)");
-                    metrics::counter!(crate::telemetry::LIMIT_REJECTIONS, "kind" => "unavailable")
-                        .increment(1);
-                    Err(AppError::LimitsUnavailable)
+                    Err(unavailable())
                 }
                 FailureMode::Open => {
                     tracing::warn!(error = %e, "Redis unavailable: using local limits (failure_mode: open)");
@@ -144,13 +150,11 @@ impl Limiter {
     /// `closed` mode it is refused too while Redis is unreachable — SPEC §7 refuses
     /// proxied routes, not limited keys — judged from the client's connection state,
     /// so nothing is sent to Redis.
-    pub fn check_available(&self) -> Result<(), AppError> {
+    pub fn check_available(&self) -> Result<(), LimitError> {
         match &self.redis {
             Some(redis) if self.failure_mode == FailureMode::Closed && !redis.is_connected() => {
                 tracing::warn!("Redis unavailable: refusing (failure_mode: closed)");
-                metrics::counter!(crate::telemetry::LIMIT_REJECTIONS, "kind" => "unavailable")
-                    .increment(1);
-                Err(AppError::LimitsUnavailable)
+                Err(unavailable())
             }
             _ => Ok(()),
         }

@@ -15,6 +15,7 @@ use fred::types::scripts::Script;
 
 use super::{Demand, Refusal, Subject};
 use crate::store::redis::RedisConn;
+use crate::tasks::TaskSpawner;
 
 const ADMIT: &str = include_str!("admit.lua");
 const SETTLE: &str = include_str!("settle.lua");
@@ -24,6 +25,8 @@ struct Inner {
     admit: Script,
     settle: Script,
     lease_ms: u64,
+    /// Settlements run in the background, tracked so shutdown waits for them.
+    tasks: TaskSpawner,
 }
 
 #[derive(Clone)]
@@ -54,13 +57,14 @@ fn limit_arg(v: Option<u64>) -> String {
 }
 
 impl RedisLimiter {
-    pub fn new(conn: RedisConn, request_timeout: Duration) -> Self {
+    pub fn new(conn: RedisConn, request_timeout: Duration, tasks: TaskSpawner) -> Self {
         Self {
             inner: Arc::new(Inner {
                 conn,
                 admit: Script::from_lua(ADMIT),
                 settle: Script::from_lua(SETTLE),
                 lease_ms: u64::try_from(request_timeout.as_millis()).unwrap_or(u64::MAX),
+                tasks,
             }),
         }
     }
@@ -164,10 +168,9 @@ impl RedisPermit {
             tokens.to_string(),
             cost.to_string(),
         ];
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return; // No runtime (process exiting): the lease lapses by itself.
-        };
-        runtime.spawn(async move {
+        // Without a runtime (process exiting) nothing runs: the lease lapses by itself.
+        let tasks = inner.tasks.clone();
+        tasks.spawn(async move {
             let done: Result<i64, _> = inner.settle.evalsha_with_reload(&inner.conn.client, keys, args).await;
             if let Err(e) = done {
                 tracing::warn!(error = %e, "could not settle a request in Redis; its lease will lapse");

@@ -44,16 +44,15 @@ impl From<sea_orm::DbErr> for StoreError {
     }
 }
 
-impl From<StoreError> for crate::http::AppError {
-    fn from(err: StoreError) -> Self {
-        use crate::http::AppError;
-        match err {
-            StoreError::Conflict => AppError::Conflict("already exists".into()),
-            StoreError::MissingReference => {
-                AppError::invalid("refers to something that does not exist")
-            }
-            StoreError::Unavailable(e) => AppError::Unavailable(e.into()),
-            StoreError::Other(e) => AppError::Internal(e.into()),
+/// How callers read a storage failure (the envelope decides what that means over HTTP).
+impl crate::error::Classify for StoreError {
+    fn class(&self) -> crate::error::ErrorClass {
+        use crate::error::ErrorClass;
+        match self {
+            StoreError::Conflict => ErrorClass::Conflict,
+            StoreError::MissingReference => ErrorClass::MissingReference,
+            StoreError::Unavailable(_) => ErrorClass::Unavailable,
+            StoreError::Other(_) => ErrorClass::Internal,
         }
     }
 }

@@ -491,7 +491,7 @@ impl Store for SqlStore {
                 prompt_tokens: Set(i64::try_from(r.prompt_tokens).unwrap_or(i64::MAX)),
                 completion_tokens: Set(i64::try_from(r.completion_tokens).unwrap_or(i64::MAX)),
                 spend: Set(r.spend),
-                status: Set(r.status.clone()),
+                status: Set(r.status.as_str().to_owned()),
                 http_status: Set(i32::from(r.http_status)),
                 started_at: Set(r.started_at),
                 duration_ms: Set(i64::try_from(r.duration_ms).unwrap_or(i64::MAX)),

@@ -78,6 +78,53 @@ pub struct Mapping {
     pub updated_by: Option<String>,
 }
 
+/// How a proxied request ended: the `status` of its usage row and of the live feed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestStatus {
+    /// The response was delivered whole.
+    Success,
+    /// The upstream failed, refused, or cut the stream.
+    Error,
+    /// The upstream did not answer within `server.request_timeout_s`.
+    Timeout,
+    /// The client left, or shutdown cut the stream.
+    Cancelled,
+    /// Refused before anything was sent upstream (live feed only: no usage row).
+    Refused,
+}
+
+impl RequestStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Error => "error",
+            Self::Timeout => "timeout",
+            Self::Cancelled => "cancelled",
+            Self::Refused => "refused",
+        }
+    }
+
+    /// Reads a stored status; `None` for text no version of tollgate wrote.
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            Self::Success,
+            Self::Error,
+            Self::Timeout,
+            Self::Cancelled,
+            Self::Refused,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
+}
+
+impl std::fmt::Display for RequestStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One finished proxied request.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct UsageRow {
@@ -91,8 +138,8 @@ pub struct UsageRow {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub spend: f64,
-    /// How the request ended, e.g. `success`, `error`, `cancelled`.
-    pub status: String,
+    /// How the request ended.
+    pub status: RequestStatus,
     #[serde(skip)]
     pub http_status: u16,
     pub started_at: DateTime<Utc>,
@@ -257,7 +304,8 @@ impl From<entity::usage_log::Model> for UsageRow {
             prompt_tokens: u64::try_from(m.prompt_tokens).unwrap_or(0),
             completion_tokens: u64::try_from(m.completion_tokens).unwrap_or(0),
             spend: m.spend,
-            status: m.status,
+            // A status this version does not know reads as an error, never as success.
+            status: RequestStatus::parse(&m.status).unwrap_or(RequestStatus::Error),
             http_status: u16::try_from(m.http_status).unwrap_or(0),
             started_at: m.started_at,
             duration_ms: u64::try_from(m.duration_ms).unwrap_or(0),

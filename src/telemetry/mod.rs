@@ -2,8 +2,6 @@
 //!
 //! Metric names live here as constants so every counter is declared in one place.
 
-pub mod events;
-
 use std::io::IsTerminal;
 use std::sync::OnceLock;
 

@@ -11,16 +11,18 @@
 //! response has been flushed.
 
 mod budget;
+pub mod feed;
 
-pub use budget::{reset_due_budgets, spawn_budget_resets};
+pub use budget::BudgetResets;
+pub use feed::{EventFeed, RequestEvent};
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
 
 use crate::store::{Store, UsageRow};
+use crate::tasks::TaskSpawner;
 
 /// Small, frequent batches: a large batch is a burst of database work that delays the
 /// requests arriving meanwhile (the benchmark's p99 fell by about a third from 250 ms).
@@ -57,23 +59,23 @@ impl Finished {
 enum Command {
     Row(Box<Finished>),
     Flush(oneshot::Sender<()>),
+    /// Write what is queued, then stop.
+    Stop(oneshot::Sender<()>),
 }
 
 /// Handle to the background writer. Cheap to clone.
 #[derive(Clone)]
 pub struct SpendRecorder {
     tx: mpsc::UnboundedSender<Command>,
-    task: Arc<tokio::sync::Mutex<Option<JoinHandle<()>>>>,
 }
 
 impl SpendRecorder {
-    pub fn start(store: Arc<dyn Store>) -> Self {
+    /// Starts the writer; it runs until [`SpendRecorder::shutdown`] (not at the
+    /// background tasks' stop signal: rows queued by the last streams must still land).
+    pub fn start(store: Arc<dyn Store>, tasks: &TaskSpawner) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(store, rx));
-        Self {
-            tx,
-            task: Arc::new(tokio::sync::Mutex::new(Some(task))),
-        }
+        tasks.spawn(run(store, rx));
+        Self { tx }
     }
 
     /// Queues one finished request (its row, and its log line under `label`). Never
@@ -94,12 +96,11 @@ impl SpendRecorder {
         }
     }
 
-    /// Flushes and stops the writer (shutdown).
+    /// Writes everything queued and stops the writer (shutdown).
     pub async fn shutdown(&self) {
-        self.flush().await;
-        if let Some(task) = self.task.lock().await.take() {
-            task.abort();
-            let _ = task.await;
+        let (ack, done) = oneshot::channel();
+        if self.tx.send(Command::Stop(ack)).is_ok() {
+            let _ = done.await;
         }
     }
 }
@@ -119,12 +120,19 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Command>) {
                     }
                 }
                 Some(Command::Flush(ack)) => {
-                    while let Ok(Command::Row(finished)) = rx.try_recv() {
-                        finished.log();
-                        pending.push(finished.row);
-                    }
+                    let stop = drain_queued(&mut rx, &mut pending);
                     write(&*store, &mut pending).await;
                     let _ = ack.send(());
+                    if let Some(ack) = stop {
+                        let _ = ack.send(());
+                        return;
+                    }
+                }
+                Some(Command::Stop(ack)) => {
+                    drain_queued(&mut rx, &mut pending);
+                    write(&*store, &mut pending).await;
+                    let _ = ack.send(());
+                    return;
                 }
                 None => {
                     write(&*store, &mut pending).await;
@@ -138,6 +146,29 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Command>) {
             }
         }
     }
+}
+
+/// Takes the rows already queued (a flush covers everything recorded before it).
+/// Returns the acknowledgement of a stop request found among them.
+fn drain_queued(
+    rx: &mut mpsc::UnboundedReceiver<Command>,
+    pending: &mut Vec<UsageRow>,
+) -> Option<oneshot::Sender<()>> {
+    let mut stop = None;
+    while let Ok(command) = rx.try_recv() {
+        match command {
+            Command::Row(finished) => {
+                finished.log();
+                pending.push(finished.row);
+            }
+            // A later flush is covered by this one's write.
+            Command::Flush(ack) => {
+                let _ = ack.send(());
+            }
+            Command::Stop(ack) => stop = Some(ack),
+        }
+    }
+    stop
 }
 
 async fn write(store: &dyn Store, pending: &mut Vec<UsageRow>) {
@@ -176,7 +207,7 @@ mod tests {
             prompt_tokens: n,
             completion_tokens: 1,
             spend: 0.0,
-            status: "success".into(),
+            status: crate::store::RequestStatus::Success,
             http_status: 200,
             started_at: chrono::Utc::now(),
             duration_ms: 1,
@@ -191,12 +222,14 @@ mod tests {
             .withf(|rows| rows.len() == 3 && rows[2].request_id == "r2")
             .times(1)
             .returning(|_| Ok(()));
-        let recorder = SpendRecorder::start(Arc::new(store));
+        let tasks = crate::tasks::BackgroundTasks::new();
+        let recorder = SpendRecorder::start(Arc::new(store), &tasks.spawner());
         for n in 0..3 {
             recorder.record(row(n), Arc::from("k"));
         }
         recorder.flush().await;
         recorder.shutdown().await;
+        assert!(tasks.shutdown(std::time::Duration::from_secs(5)).await);
     }
 
     #[tokio::test]
@@ -218,11 +251,13 @@ mod tests {
             .times(1)
             .in_sequence(&mut seq)
             .returning(|_| Ok(()));
-        let recorder = SpendRecorder::start(Arc::new(store));
+        let tasks = crate::tasks::BackgroundTasks::new();
+        let recorder = SpendRecorder::start(Arc::new(store), &tasks.spawner());
         recorder.record(row(1), Arc::from("k"));
         recorder.record(row(2), Arc::from("k"));
         recorder.flush().await;
         recorder.flush().await;
         recorder.shutdown().await;
+        assert!(tasks.shutdown(std::time::Duration::from_secs(5)).await);
     }
 }

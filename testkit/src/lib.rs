@@ -6,6 +6,13 @@
 //! handle is dropped. This crate is a dev-dependency only; it never reaches the release
 //! binary.
 
+// Test support reports a broken assumption the way a test does: by failing loudly.
+#![allow(
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test support: a failed expectation is a failed test"
+)]
+
 pub mod idp;
 pub mod ollama;
 mod server;

@@ -1,6 +1,12 @@
 //! Tokens minted by the mock IdP verify against the JWKS it serves, and its bad tokens
 //! are bad in exactly the advertised way.
 
+#![allow(
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers fail the test the way a test does"
+)]
+
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde_json::{Value, json};

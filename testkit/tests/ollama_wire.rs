@@ -1,5 +1,11 @@
 //! The mock Ollama speaks Ollama's wire format and its controls behave as documented.
 
+#![allow(
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers fail the test the way a test does"
+)]
+
 use std::time::Duration;
 
 use serde_json::{Value, json};

@@ -10,6 +10,7 @@ use tollgate::store::{
     UsageRow, VirtualKey,
 };
 
+use super::keys_support::chat_once;
 use super::support::*;
 
 /// A valid-looking virtual key nobody minted.
@@ -310,10 +311,7 @@ impl Store for PanickingPing {
 #[tokio::test]
 async fn a_panicking_handler_is_500_with_the_envelope() {
     let app = TestApp::builder()
-        .map_app(|mut app| {
-            app.store = Arc::new(PanickingPing(app.store.clone()));
-            app
-        })
+        .wrap_store(|store| Arc::new(PanickingPing(store)))
         .spawn()
         .await;
     let resp = app
@@ -671,4 +669,41 @@ pub async fn wait_until_refused(addr: std::net::SocketAddr) {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     panic!("{addr} still accepts connections after shutdown began");
+}
+
+/// Every background task (usage writer, budget job, the invalidation subscriber and the
+/// Redis settlements when Redis is configured) is tracked: shutdown stops them and
+/// returns only once none is left.
+async fn shutdown_awaits_every_background_task(builder: TestAppBuilder) {
+    let Some(app) = builder.try_spawn().await else {
+        return;
+    };
+    let (key, _) = app
+        .create_key(KeyFields {
+            rpm_limit: Some(100),
+            ..Default::default()
+        })
+        .await;
+    let resp = app
+        .post_json("/api/chat", Some(&key), &chat_once("llama3.1:8b"))
+        .await;
+    assert_eq!(resp.status(), 200);
+    let state = app.app.clone();
+    assert!(
+        state.background_tasks() >= 2,
+        "the usage writer and the budget job run: {}",
+        state.background_tasks()
+    );
+    app.shutdown().await;
+    assert_eq!(state.background_tasks(), 0);
+}
+
+#[tokio::test]
+async fn shutdown_awaits_every_background_task_in_process() {
+    shutdown_awaits_every_background_task(TestApp::builder()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_awaits_every_background_task_with_redis() {
+    shutdown_awaits_every_background_task(TestApp::builder().redis()).await;
 }

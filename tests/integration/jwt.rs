@@ -34,7 +34,7 @@ async fn spawn_counted(
     let app = TestApp::builder()
         .config(sso(idp, policy))
         .config(edit)
-        .map_app(lookups.wrap())
+        .wrap_store(lookups.wrap())
         .spawn()
         .await;
     (app, lookups)

@@ -79,7 +79,8 @@ pub fn cache_key(issuer: &str, value: &str) -> String {
 /// What the app's mapping cache holds for (issuer, `email`, value).
 pub async fn cached(app: &TestApp, issuer: &str, value: &str) -> Option<String> {
     app.app
-        .mapping_cache
+        .mappings
+        .cache()
         .get(&cache_key(issuer, value))
         .await
         .expect("reading the mapping cache")
@@ -89,11 +90,12 @@ pub async fn cached(app: &TestApp, issuer: &str, value: &str) -> Option<String> 
 /// the resolver (e.g. a stale sentinel).
 pub async fn seed_cache(app: &TestApp, issuer: &str, value: &str, entry: &str) {
     app.app
-        .mapping_cache
+        .mappings
+        .cache()
         .set(
             &cache_key(issuer, value),
             entry,
-            &tollgate::manage::mappings::cache_tag(CLAIM, value),
+            &tollgate::auth::mapping::cache_tag(CLAIM, value),
         )
         .await
         .expect("writing the mapping cache");
@@ -152,17 +154,11 @@ impl Lookups {
         self.inserted_keys.load(Ordering::SeqCst)
     }
 
-    /// A `map_app` hook that wraps the app's store in a [`CountingStore`] feeding these
-    /// counters.
-    pub fn wrap(&self) -> impl FnOnce(tollgate::app::App) -> tollgate::app::App + Send + 'static {
+    /// A `wrap_store` hook that wraps the app's store in a [`CountingStore`] feeding
+    /// these counters.
+    pub fn wrap(&self) -> impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store> + Send + 'static {
         let lookups = self.clone();
-        move |mut app| {
-            app.store = Arc::new(CountingStore {
-                inner: app.store.clone(),
-                lookups,
-            });
-            app
-        }
+        move |inner| Arc::new(CountingStore { inner, lookups })
     }
 }
 

@@ -468,7 +468,7 @@ async fn budget_period_rolls_over() {
     let moved_to = Utc::now() - chrono::Duration::minutes(1);
     move_budget_reset(&app, &stored.key_id, moved_to).await;
     // The background job (every second) may get there first; either way it is reset.
-    let count = tollgate::usage::reset_due_budgets(&app.app).await;
+    let count = app.app.budgets.reset_due().await;
     assert!(count <= 1, "one row was due, {count} reset");
     assert_new_period(&app, &stored.key_id, moved_to).await;
 

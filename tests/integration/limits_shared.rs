@@ -505,7 +505,7 @@ async fn budget_period_rolls_over_across_instances() {
     let moved_to = Utc::now() - chrono::Duration::minutes(1);
     move_budget_reset(&a, &key_id, moved_to).await;
     // Either this call or an instance's background job (every second) resets the row.
-    let count = tollgate::usage::reset_due_budgets(&a.app).await;
+    let count = a.app.budgets.reset_due().await;
     assert!(count <= 1, "one row was due, {count} reset");
     assert_new_period(&a, &key_id, moved_to).await;
     assert_new_period(&b, &key_id, moved_to).await;
@@ -635,10 +635,7 @@ async fn concurrent_budget_resets_reset_each_row_once() {
             .exec(&conn)
             .await
             .expect("end the teams' periods");
-        let (on_a, on_b) = tokio::join!(
-            tollgate::usage::reset_due_budgets(&a),
-            tollgate::usage::reset_due_budgets(&b)
-        );
+        let (on_a, on_b) = tokio::join!(a.budgets.reset_due(), b.budgets.reset_due());
         assert_eq!(
             on_a + on_b,
             KEYS + TEAMS,
@@ -664,7 +661,7 @@ async fn concurrent_budget_resets_reset_each_row_once() {
             );
         }
         // Nothing is due any more.
-        assert_eq!(tollgate::usage::reset_due_budgets(&b).await, 0);
+        assert_eq!(b.budgets.reset_due().await, 0);
     }
     drop(conn.close().await);
     a.close().await;

@@ -4,7 +4,16 @@
 //! PostgreSQL and Redis tests run when `TEST_DATABASE_URL` / `TEST_REDIS_URL` are set and
 //! otherwise print `skipped: … not set` and pass (see `.ci/run`, which sets both).
 
-#![allow(clippy::unwrap_used)]
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests run servers and clients on their own tasks; the one-owner rule is for the gateway"
+)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test support fails the test the way a test does"
+)]
 
 #[macro_use]
 mod support;

@@ -493,14 +493,14 @@ async fn two_counted_instances(
 ) -> Option<(TestApp, TestApp)> {
     let config = sso(idp, policy);
     let a = TestApp::builder()
-        .map_app(lookups.wrap())
+        .wrap_store(lookups.wrap())
         .postgres()
         .redis()
         .config(config.clone())
         .try_spawn()
         .await?;
     let b = TestApp::builder()
-        .map_app(lookups.wrap())
+        .wrap_store(lookups.wrap())
         .shared_db_with(&a)
         .config(config)
         .spawn()
@@ -659,7 +659,7 @@ async fn concurrent_auto_registration_on_one_instance_makes_one_key() {
     let lookups = Lookups::gated(10);
     let app = TestApp::builder()
         .config(sso(&idp, UnregisteredPolicy::AutoRegister))
-        .map_app(lookups.wrap())
+        .wrap_store(lookups.wrap())
         .spawn()
         .await;
     let jwt = token_for(&idp, "solo", "solo@corp.example");

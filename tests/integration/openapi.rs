@@ -2,7 +2,7 @@
 
 use axum::routing::MethodFilter;
 use serde_json::{Value, json};
-use tollgate::proxy::routes::ROUTES;
+use tollgate::services::proxy::routes::ROUTES;
 
 use super::support::*;
 

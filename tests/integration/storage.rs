@@ -40,7 +40,7 @@ fn usage(key_id: &str, team_id: Option<&str>, spend: f64) -> UsageRow {
         prompt_tokens: 11,
         completion_tokens: 5,
         spend,
-        status: "success".into(),
+        status: tollgate::store::RequestStatus::Success,
         http_status: 200,
         started_at: Utc::now(),
         duration_ms: 3,

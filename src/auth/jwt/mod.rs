@@ -25,9 +25,9 @@ use std::time::Duration;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, Validation};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tokio_util::sync::CancellationToken;
 
 use crate::config::{JwtConfig, Role};
+use crate::tasks::TaskSpawner;
 use claims::Registered;
 use jwks::{KeySet, KeyStore};
 use keys::VerifyingKey;
@@ -194,30 +194,24 @@ impl JwtVerifier {
         })
     }
 
-    /// Spawns the periodic JWKS refresh: at once, then every `jwks_refresh_s`. A failed
-    /// refresh logs a warning and keeps the last good keys. Stops when `cancel` fires or
-    /// the verifier is dropped. Does nothing without `jwks_urls`.
-    pub fn start_refresh(self: &Arc<Self>, cancel: CancellationToken) {
+    /// Starts the periodic JWKS refresh: at once, then every `jwks_refresh_s`. A failed
+    /// refresh logs a warning and keeps the last good keys. Stops at shutdown or when the
+    /// verifier is dropped. Does nothing without `jwks_urls`.
+    pub fn start_refresh(self: &Arc<Self>, tasks: &TaskSpawner) {
         if !self.store.has_urls() {
             return;
         }
         let verifier = Arc::downgrade(self);
         let every = self.refresh_every;
-        tokio::spawn(async move {
+        tasks.spawn_loop("JWKS refresh", async move {
             let mut ticker = tokio::time::interval(every);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tokio::select! {
-                    () = cancel.cancelled() => break,
-                    _ = ticker.tick() => {}
-                }
+                ticker.tick().await;
                 let Some(verifier) = verifier.upgrade() else {
                     break;
                 };
-                tokio::select! {
-                    () = cancel.cancelled() => break,
-                    () = verifier.store.refresh() => {}
-                }
+                verifier.store.refresh().await;
             }
         });
     }

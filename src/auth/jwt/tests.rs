@@ -376,6 +376,10 @@ async fn run_concurrently(
         .map(|token| {
             let v = Arc::clone(v);
             let barrier = Arc::clone(&barrier);
+            #[expect(
+                clippy::disallowed_methods,
+                reason = "real concurrency for the test, joined below"
+            )]
             tokio::spawn(async move {
                 barrier.wait().await;
                 v.verify(&token).await
@@ -419,8 +423,8 @@ async fn periodic_refresh_follows_rotation_and_survives_an_outage() {
         verified_token_cache: false,
         ..config(&idp)
     }));
-    let cancel = CancellationToken::new();
-    v.start_refresh(cancel.clone());
+    let tasks = crate::tasks::BackgroundTasks::new();
+    v.start_refresh(&tasks.spawner());
     idp.wait_for_fetches(1).await;
     let claims = idp.standard_claims("hank");
     v.verify(&idp.sign(Algorithm::RS512, &claims))
@@ -444,7 +448,7 @@ async fn periodic_refresh_follows_rotation_and_survives_an_outage() {
     v.verify(&rotated)
         .await
         .expect("kept while the IdP is down");
-    cancel.cancel();
+    assert!(tasks.shutdown(std::time::Duration::from_secs(5)).await);
 }
 
 #[tokio::test]

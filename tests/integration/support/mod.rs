@@ -38,7 +38,7 @@ use tokio::task::JoinHandle;
 use testkit::ollama::MockOllama;
 use tollgate::app::App;
 use tollgate::config::{Config, Secret};
-use tollgate::store::{KeyFields, Team, TeamFields, VirtualKey};
+use tollgate::store::{KeyFields, Store, Team, TeamFields, VirtualKey};
 
 pub use proxy::TcpProxy;
 
@@ -297,7 +297,7 @@ impl Drop for TestDb {
 // ------------------------------------------------------------------ the app
 
 type ConfigFn = Box<dyn FnOnce(&mut Config) + Send>;
-type AppFn = Box<dyn FnOnce(App) -> App + Send>;
+type StoreFn = Box<dyn FnOnce(Arc<dyn Store>) -> Arc<dyn Store> + Send>;
 type RouterFn = Box<dyn FnOnce(Arc<App>) -> Router + Send>;
 
 /// Configures a [`TestApp`] before it starts.
@@ -308,7 +308,7 @@ pub struct TestAppBuilder {
     shared: Option<(Arc<TestDb>, Option<String>)>,
     master_key: Option<String>,
     config_fns: Vec<ConfigFn>,
-    app_fn: Option<AppFn>,
+    store_fn: Option<StoreFn>,
     router_fn: Option<RouterFn>,
 }
 
@@ -341,7 +341,7 @@ impl TestAppBuilder {
             shared: None,
             master_key: Some(MASTER_KEY.to_string()),
             config_fns: Vec::new(),
-            app_fn: None,
+            store_fn: None,
             router_fn: None,
         }
     }
@@ -397,10 +397,13 @@ impl TestAppBuilder {
         self
     }
 
-    /// Replace parts of the built [`App`] before serving (e.g. wrap its store to inject
-    /// faults). Needs the freshly built `Arc<App>` to be the only handle to it.
-    pub fn map_app(mut self, f: impl FnOnce(App) -> App + Send + 'static) -> Self {
-        self.app_fn = Some(Box::new(f));
+    /// Wrap the app's store before any component receives it (to count calls or
+    /// inject faults).
+    pub fn wrap_store(
+        mut self,
+        f: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store> + Send + 'static,
+    ) -> Self {
+        self.store_fn = Some(Box::new(f));
         self
     }
 
@@ -449,15 +452,13 @@ impl TestAppBuilder {
             f(&mut config);
         }
 
-        let mut app = App::build(config)
-            .await
-            .unwrap_or_else(|e| panic!("the app did not start: {e:#}"));
-        if let Some(f) = self.app_fn {
-            let owned = Arc::try_unwrap(app).unwrap_or_else(|_| {
-                panic!("map_app: App::build kept other handles to the App; cannot replace parts")
-            });
-            app = Arc::new(f(owned));
-        }
+        let wrap = self.store_fn;
+        let app = App::build_with(config, move |store| match wrap {
+            Some(f) => f(store),
+            None => store,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("the app did not start: {e:#}"));
         let router = match self.router_fn {
             Some(f) => f(app.clone()),
             None => tollgate::http::router::build(app.clone()),

@@ -9,11 +9,11 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::app::App;
 use crate::auth::Caller;
-use crate::http::AppError;
+use crate::error::AppError;
 use crate::http::extract::{ApiJson, ApiQuery};
 use crate::http::openapi::{ConflictError, ManageErrors, NotFoundError};
-use crate::manage::keys::page;
-use crate::manage::mappings::{MappingId, MappingManager, NewMapping, UpdateMapping};
+use crate::services::mappings::{MappingId, NewMapping, UpdateMapping};
+use crate::services::paging::page;
 use crate::store::Mapping;
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -56,7 +56,8 @@ pub async fn create(
     Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<NewMapping>,
 ) -> Result<Json<Mapping>, AppError> {
-    MappingManager::new(&app, &caller)
+    app.mapping_service
+        .for_caller(&caller)
         .create(req)
         .await
         .map(Json)
@@ -77,7 +78,8 @@ pub async fn update(
     Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<UpdateMapping>,
 ) -> Result<Json<Mapping>, AppError> {
-    MappingManager::new(&app, &caller)
+    app.mapping_service
+        .for_caller(&caller)
         .update(req)
         .await
         .map(Json)
@@ -98,7 +100,11 @@ pub async fn delete(
     Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<MappingId>,
 ) -> Result<Json<DeletedMapping>, AppError> {
-    let deleted = MappingManager::new(&app, &caller).delete(&req.id).await?;
+    let deleted = app
+        .mapping_service
+        .for_caller(&caller)
+        .delete(&req.id)
+        .await?;
     Ok(Json(DeletedMapping {
         deleted: deleted.id,
     }))
@@ -119,7 +125,8 @@ pub async fn info(
     Extension(caller): Extension<Caller>,
     ApiQuery(q): ApiQuery<MappingId>,
 ) -> Result<Json<Mapping>, AppError> {
-    MappingManager::new(&app, &caller)
+    app.mapping_service
+        .for_caller(&caller)
         .find(&q.id)
         .await
         .map(Json)
@@ -141,7 +148,7 @@ pub async fn list(
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<MappingList>, AppError> {
     let page = page(q.page, q.size)?;
-    let (mappings, total) = MappingManager::new(&app, &caller).list(page).await?;
+    let (mappings, total) = app.mapping_service.for_caller(&caller).list(page).await?;
     Ok(Json(MappingList {
         mappings,
         total_count: total,

@@ -9,11 +9,11 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::app::App;
 use crate::auth::Caller;
-use crate::http::AppError;
+use crate::error::AppError;
 use crate::http::extract::{ApiJson, ApiQuery};
 use crate::http::openapi::{ConflictError, ManageErrors, NotFoundError};
-use crate::manage::keys::page;
-use crate::manage::teams::{DeleteTeams, NewTeam, TeamManager, UpdateTeam};
+use crate::services::paging::page;
+use crate::services::teams::{DeleteTeams, NewTeam, UpdateTeam};
 use crate::store::Team;
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -61,7 +61,11 @@ pub async fn create(
     Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<NewTeam>,
 ) -> Result<Json<Team>, AppError> {
-    TeamManager::new(&app, &caller).create(req).await.map(Json)
+    app.team_service
+        .for_caller(&caller)
+        .create(req)
+        .await
+        .map(Json)
 }
 
 /// Changes a team's fields.
@@ -79,7 +83,11 @@ pub async fn update(
     Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<UpdateTeam>,
 ) -> Result<Json<Team>, AppError> {
-    TeamManager::new(&app, &caller).update(req).await.map(Json)
+    app.team_service
+        .for_caller(&caller)
+        .update(req)
+        .await
+        .map(Json)
 }
 
 /// Deletes teams; a team that still has keys is a 409 unless `force` is true.
@@ -97,7 +105,7 @@ pub async fn delete(
     Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<DeleteTeams>,
 ) -> Result<Json<DeletedTeams>, AppError> {
-    let deleted_teams = TeamManager::new(&app, &caller).delete(req).await?;
+    let deleted_teams = app.team_service.for_caller(&caller).delete(req).await?;
     Ok(Json(DeletedTeams { deleted_teams }))
 }
 
@@ -116,7 +124,11 @@ pub async fn info(
     Extension(caller): Extension<Caller>,
     ApiQuery(q): ApiQuery<TeamQuery>,
 ) -> Result<Json<TeamInfo>, AppError> {
-    let team = TeamManager::new(&app, &caller).find(&q.team_id).await?;
+    let team = app
+        .team_service
+        .for_caller(&caller)
+        .find(&q.team_id)
+        .await?;
     Ok(Json(TeamInfo {
         team_id: team.team_id.clone(),
         team_info: team,
@@ -139,5 +151,9 @@ pub async fn list(
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Vec<Team>>, AppError> {
     let page = page(q.page, q.size)?;
-    TeamManager::new(&app, &caller).list(page).await.map(Json)
+    app.team_service
+        .for_caller(&caller)
+        .list(page)
+        .await
+        .map(Json)
 }

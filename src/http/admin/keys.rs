@@ -9,12 +9,10 @@ use utoipa::ToSchema;
 
 use crate::app::App;
 use crate::auth::Caller;
-use crate::http::AppError;
+use crate::error::AppError;
 use crate::http::extract::{ApiJson, ApiQuery};
 use crate::http::openapi::{ManageErrors, NotFoundError};
-use crate::manage::keys::{
-    DeleteKeys, GenerateKey, IssuedKey, KeyManager, KeyRef, ListKeys, UpdateKey,
-};
+use crate::services::keys::{DeleteKeys, GenerateKey, IssuedKey, KeyRef, ListKeys, UpdateKey};
 use crate::store::VirtualKey;
 
 /// `POST /key/delete`: the ids of the deleted keys.
@@ -54,7 +52,11 @@ pub async fn generate(
     Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<GenerateKey>,
 ) -> Result<Json<IssuedKey>, AppError> {
-    KeyManager::new(&app, &caller).generate(req).await.map(Json)
+    app.key_service
+        .for_caller(&caller)
+        .generate(req)
+        .await
+        .map(Json)
 }
 
 /// Changes a key's fields.
@@ -72,7 +74,11 @@ pub async fn update(
     Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<UpdateKey>,
 ) -> Result<Json<VirtualKey>, AppError> {
-    KeyManager::new(&app, &caller).update(req).await.map(Json)
+    app.key_service
+        .for_caller(&caller)
+        .update(req)
+        .await
+        .map(Json)
 }
 
 /// Deletes keys (and their JWT mappings).
@@ -90,7 +96,7 @@ pub async fn delete(
     Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<DeleteKeys>,
 ) -> Result<Json<DeletedKeys>, AppError> {
-    let deleted_keys = KeyManager::new(&app, &caller).delete(req).await?;
+    let deleted_keys = app.key_service.for_caller(&caller).delete(req).await?;
     Ok(Json(DeletedKeys { deleted_keys }))
 }
 
@@ -109,7 +115,9 @@ pub async fn info(
     Extension(caller): Extension<Caller>,
     ApiQuery(q): ApiQuery<KeyRef>,
 ) -> Result<Json<KeyInfo>, AppError> {
-    let key = KeyManager::new(&app, &caller)
+    let key = app
+        .key_service
+        .for_caller(&caller)
         .info(q.key.as_deref(), q.key_id.as_deref())
         .await?;
     Ok(Json(KeyInfo {
@@ -133,7 +141,7 @@ pub async fn list(
     Extension(caller): Extension<Caller>,
     ApiQuery(q): ApiQuery<ListKeys>,
 ) -> Result<Json<KeyList>, AppError> {
-    let (keys, total, page) = KeyManager::new(&app, &caller).list(q).await?;
+    let (keys, total, page) = app.key_service.for_caller(&caller).list(q).await?;
     Ok(Json(KeyList {
         keys,
         total_count: total,
@@ -157,7 +165,8 @@ pub async fn regenerate(
     Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<KeyRef>,
 ) -> Result<Json<IssuedKey>, AppError> {
-    KeyManager::new(&app, &caller)
+    app.key_service
+        .for_caller(&caller)
         .regenerate(req)
         .await
         .map(Json)
@@ -178,7 +187,8 @@ pub async fn block(
     Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<KeyRef>,
 ) -> Result<Json<VirtualKey>, AppError> {
-    KeyManager::new(&app, &caller)
+    app.key_service
+        .for_caller(&caller)
         .set_blocked(req, true)
         .await
         .map(Json)
@@ -199,7 +209,8 @@ pub async fn unblock(
     Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<KeyRef>,
 ) -> Result<Json<VirtualKey>, AppError> {
-    KeyManager::new(&app, &caller)
+    app.key_service
+        .for_caller(&caller)
         .set_blocked(req, false)
         .await
         .map(Json)

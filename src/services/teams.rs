@@ -5,15 +5,14 @@ use std::sync::Arc;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use crate::app::App;
 use crate::auth::Caller;
 use crate::auth::authorize::{Capability, check};
 // Named so utoipa does not take it for chrono's `Duration` (see `http::openapi`).
+use crate::auth::invalidation::{Change, Invalidator};
 use crate::config::Duration as HumanDuration;
-use crate::http::AppError;
-use crate::http::extract::double_option;
-use crate::invalidation::Change;
-use crate::store::{Page, Team, TeamFields};
+use crate::error::AppError;
+use crate::json::double_option;
+use crate::store::{Page, Store, Team, TeamFields};
 
 /// `POST /team/new`. Every field is optional.
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -107,16 +106,35 @@ fn validate(fields: &TeamFields) -> Result<(), AppError> {
     Ok(())
 }
 
+/// Team management: long-lived, built from the store and the invalidator.
+pub struct TeamService {
+    store: Arc<dyn Store>,
+    invalidator: Arc<Invalidator>,
+}
+
+impl TeamService {
+    pub fn new(store: Arc<dyn Store>, invalidator: Arc<Invalidator>) -> Self {
+        Self { store, invalidator }
+    }
+
+    /// The operations, as `caller` may perform them.
+    pub fn for_caller<'a>(&'a self, caller: &'a Caller) -> TeamManager<'a> {
+        TeamManager {
+            store: self.store.as_ref(),
+            invalidator: &self.invalidator,
+            caller,
+        }
+    }
+}
+
+/// [`TeamService`]'s operations on behalf of one caller.
 pub struct TeamManager<'a> {
-    app: &'a Arc<App>,
+    store: &'a dyn Store,
+    invalidator: &'a Invalidator,
     caller: &'a Caller,
 }
 
-impl<'a> TeamManager<'a> {
-    pub fn new(app: &'a Arc<App>, caller: &'a Caller) -> Self {
-        Self { app, caller }
-    }
-
+impl TeamManager<'_> {
     pub async fn create(&self, req: NewTeam) -> Result<Team, AppError> {
         check(self.caller, Capability::TeamWrite, None)?;
         let team_id = req
@@ -136,7 +154,6 @@ impl<'a> TeamManager<'a> {
         };
         validate(&fields)?;
         let team = self
-            .app
             .store
             .insert_team(&team_id, &fields)
             .await
@@ -146,14 +163,15 @@ impl<'a> TeamManager<'a> {
                 }
                 other => other.into(),
             })?;
-        self.app.invalidate(Change::Team(team_id.clone())).await;
+        self.invalidator
+            .publish(Change::Team(team_id.clone()))
+            .await;
         Ok(team)
     }
 
     pub async fn find(&self, team_id: &str) -> Result<Team, AppError> {
         check(self.caller, Capability::TeamRead, Some(team_id))?;
-        self.app
-            .store
+        self.store
             .team(team_id)
             .await?
             .ok_or_else(|| AppError::NotFound("team not found".into()))
@@ -202,12 +220,13 @@ impl<'a> TeamManager<'a> {
         }
         validate(&f)?;
         let team = self
-            .app
             .store
             .update_team(&req.team_id, &f)
             .await?
             .ok_or_else(|| AppError::NotFound("team not found".into()))?;
-        self.app.invalidate(Change::Team(req.team_id.clone())).await;
+        self.invalidator
+            .publish(Change::Team(req.team_id.clone()))
+            .await;
         Ok(team)
     }
 
@@ -225,7 +244,7 @@ impl<'a> TeamManager<'a> {
         for id in &ids {
             check(self.caller, Capability::TeamWrite, Some(id))?;
             self.find(id).await?;
-            if !req.force && self.app.store.team_key_count(id).await? > 0 {
+            if !req.force && self.store.team_key_count(id).await? > 0 {
                 return Err(AppError::Conflict(format!(
                     "team `{id}` still has keys; pass \"force\": true to delete them too"
                 )));
@@ -233,12 +252,12 @@ impl<'a> TeamManager<'a> {
         }
         let mut deleted = Vec::new();
         for id in ids {
-            if let Some(key_ids) = self.app.store.delete_team(&id).await? {
+            if let Some(key_ids) = self.store.delete_team(&id).await? {
                 if !key_ids.is_empty() {
                     // Only key ids are known here; the cache is keyed by hash.
-                    self.app.invalidate(Change::AllKeys).await;
+                    self.invalidator.publish(Change::AllKeys).await;
                 }
-                self.app.invalidate(Change::Team(id.clone())).await;
+                self.invalidator.publish(Change::Team(id.clone())).await;
                 deleted.push(id);
             }
         }
@@ -247,7 +266,7 @@ impl<'a> TeamManager<'a> {
 
     pub async fn list(&self, page: Page) -> Result<Vec<Team>, AppError> {
         if self.caller.is_admin() {
-            return Ok(self.app.store.list_teams(page).await?.0);
+            return Ok(self.store.list_teams(page).await?.0);
         }
         // Team roles see their own team.
         let own = self.caller.team_id.clone().unwrap_or_default();

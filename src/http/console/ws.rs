@@ -18,12 +18,12 @@ use tokio::sync::broadcast::Receiver;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
-use super::Console;
-use super::tickets::Grant;
-use crate::http::AppError;
+use crate::app::App;
+use crate::auth::tickets::Grant;
+use crate::error::AppError;
 use crate::http::extract::ApiQuery;
-use crate::telemetry::events::RequestEvent;
 use crate::telemetry::redact;
+use crate::usage::RequestEvent;
 
 /// Keeps idle sockets alive through proxies and notices peers that vanished.
 const PING_EVERY: Duration = Duration::from_secs(25);
@@ -77,7 +77,7 @@ fn feed_json(event: &RequestEvent) -> Result<String, serde_json::Error> {
     ),
 )]
 pub async fn events(
-    State(console): State<Arc<Console>>,
+    State(app): State<Arc<App>>,
     ApiQuery(query): ApiQuery<TicketQuery>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, AppError> {
@@ -85,7 +85,7 @@ pub async fn events(
         upgrade.map_err(|_| AppError::invalid("this route accepts only WebSocket upgrades"))?;
     let redeemed = match query.ticket.as_deref() {
         Some(ticket) => {
-            let result = console.tickets.redeem(ticket).await;
+            let result = app.tickets.redeem(ticket).await;
             if matches!(result, Ok(None)) {
                 tracing::info!(ticket = %redact(ticket), "console socket refused: bad ticket");
             }
@@ -96,10 +96,10 @@ pub async fn events(
     // Subscribe before answering the upgrade: every request that finishes after the
     // client sees the handshake complete is on its feed.
     let feed = match &redeemed {
-        Ok(Some(_)) => Some(console.app.events.subscribe()),
+        Ok(Some(_)) => Some(app.events.subscribe()),
         _ => None,
     };
-    let shutdown = Shutdown::of(&console);
+    let shutdown = Shutdown::of(&app);
     Ok(upgrade.on_upgrade(move |socket| async move {
         match (redeemed, feed) {
             (Ok(Some(grant)), Some(feed)) => stream(socket, grant, feed, shutdown).await,
@@ -124,10 +124,10 @@ struct Shutdown {
 }
 
 impl Shutdown {
-    fn of(console: &Console) -> Self {
+    fn of(app: &App) -> Self {
         Self {
-            stopping: console.app.stopping.clone(),
-            cancel: console.app.cancel.clone(),
+            stopping: app.stopping.clone(),
+            cancel: app.cancel.clone(),
         }
     }
 
@@ -218,7 +218,7 @@ mod tests {
             team_id: None,
             model: Some("llama3.1:8b".into()),
             route: "/api/chat".into(),
-            status: "ok".into(),
+            status: crate::store::RequestStatus::Success,
             http_status: 200,
             prompt_tokens: 3,
             completion_tokens: 4,

@@ -5,6 +5,8 @@
 use serde::Serialize;
 use tokio::sync::broadcast;
 
+use crate::store::RequestStatus;
+
 /// One finished request, as the console shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct RequestEvent {
@@ -16,7 +18,7 @@ pub struct RequestEvent {
     pub team_id: Option<String>,
     pub model: Option<String>,
     pub route: String,
-    pub status: String,
+    pub status: RequestStatus,
     pub http_status: u16,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,

@@ -9,8 +9,9 @@ use std::sync::Arc;
 
 use fred::prelude::*;
 
-use crate::auth::keys::KeyResolver;
+use super::keys::KeyResolver;
 use crate::store::redis::RedisConn;
+use crate::tasks::TaskSpawner;
 
 const CHANNEL: &str = "tollgate:invalidate";
 
@@ -55,6 +56,7 @@ async fn apply(keys: &KeyResolver, change: &Change) {
 
 pub struct Invalidator {
     redis: Option<RedisConn>,
+    keys: Arc<KeyResolver>,
 }
 
 impl Invalidator {
@@ -63,12 +65,14 @@ impl Invalidator {
     pub async fn start(
         redis: Option<RedisConn>,
         keys: Arc<KeyResolver>,
+        tasks: &TaskSpawner,
     ) -> Result<Self, fred::error::Error> {
         if let Some(conn) = &redis {
             let channel = conn.key(CHANNEL);
             let mut messages = conn.subscriber.message_rx();
             conn.subscriber.subscribe(channel.clone()).await?;
-            tokio::spawn(async move {
+            let keys = keys.clone();
+            tasks.spawn_loop("invalidation subscriber", async move {
                 loop {
                     match messages.recv().await {
                         Ok(message) if *message.channel == *channel => {
@@ -91,12 +95,12 @@ impl Invalidator {
                 }
             });
         }
-        Ok(Self { redis })
+        Ok(Self { redis, keys })
     }
 
     /// Applies `change` here at once and announces it to the other instances.
-    pub async fn publish(&self, keys: &KeyResolver, change: Change) {
-        apply(keys, &change).await;
+    pub async fn publish(&self, change: Change) {
+        apply(&self.keys, &change).await;
         if let Some(conn) = &self.redis {
             let sent: Result<i64, _> = conn
                 .client

@@ -10,8 +10,8 @@ use serde::de::IgnoredAny;
 
 use super::routes::Kind;
 use crate::config::UpstreamConfig;
-use crate::http::AppError;
-use crate::http::extract::parse_json;
+use crate::error::AppError;
+use crate::json::parse_json;
 
 #[derive(Deserialize)]
 struct Probe<'a> {

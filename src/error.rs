@@ -3,12 +3,38 @@
 //! Every error body is `{"error": {"code", "message", "request_id"}}` and nothing else.
 //! 4xx messages speak to the caller about their request; 5xx messages are fixed strings and
 //! the real cause is logged once, here, never sent (SPEC §6.1).
+//!
+//! A leaf every layer may use. Lower layers keep their own error types and never name a
+//! status: storage says what *kind* of failure it had through [`Classify`] (a conflict,
+//! a missing reference, an outage), and this module alone decides what that means over
+//! HTTP. The limiter's refusals are mapped by their one caller, the proxy pipeline.
 
+use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
 
-use super::openapi::{ErrorBody, ErrorDetail};
-use super::request_id::current_request_id;
+use crate::request_id::current_request_id;
+
+/// The body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code, e.g. `invalid_request`, `unauthorized`,
+    /// `forbidden`, `not_found`, `conflict`, `rate_limited`, `budget_exceeded`,
+    /// `upstream_error`, `upstream_timeout`.
+    #[schema(example = "invalid_request")]
+    pub code: String,
+    /// About the caller's request for 4xx; a fixed text for 5xx.
+    pub message: String,
+    /// The request's `X-Request-ID`.
+    pub request_id: String,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -168,22 +194,44 @@ impl IntoResponse for AppError {
     }
 }
 
-impl From<sea_orm::DbErr> for AppError {
-    fn from(err: sea_orm::DbErr) -> Self {
-        use sea_orm::DbErr;
-        match err {
-            DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => Self::Unavailable(err.into()),
-            other => Self::Internal(other.into()),
+/// What kind of failure a lower layer had, in words that do not name HTTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// A uniqueness rule said no (a duplicate id or identity).
+    Conflict,
+    /// The request refers to something that does not exist.
+    MissingReference,
+    /// A dependency cannot be reached; the request may succeed later.
+    Unavailable,
+    /// Anything else: a bug or an unexpected answer.
+    Internal,
+}
+
+/// Implemented by lower layers' error types so that `?` turns them into an [`AppError`].
+pub trait Classify: std::error::Error + Send + Sync + 'static {
+    fn class(&self) -> ErrorClass;
+}
+
+impl<E: Classify> From<E> for AppError {
+    fn from(err: E) -> Self {
+        match err.class() {
+            ErrorClass::Conflict => AppError::Conflict("already exists".into()),
+            ErrorClass::MissingReference => {
+                AppError::invalid("refers to something that does not exist")
+            }
+            ErrorClass::Unavailable => AppError::Unavailable(err.into()),
+            ErrorClass::Internal => AppError::Internal(err.into()),
         }
     }
 }
 
-/// 404 for every path tollgate does not serve.
-pub async fn not_found() -> AppError {
-    AppError::NotFound("no such route".into())
-}
-
-/// 405 for a known path with the wrong method.
-pub async fn method_not_allowed() -> AppError {
-    AppError::MethodNotAllowed
+/// A body that could not be read: too large (413) or cut off (400).
+impl From<BytesRejection> for AppError {
+    fn from(rejection: BytesRejection) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            AppError::PayloadTooLarge
+        } else {
+            AppError::invalid("could not read the request body")
+        }
+    }
 }

@@ -5,86 +5,44 @@
 //!   external resources; it signs in with the master key or an admin JWT and calls the
 //!   management API with it.
 //! - `POST /auth/ws-ticket` (authenticated, `spend:read`): a single-use ticket for
-//!   the WebSocket, see [`tickets`].
+//!   the WebSocket, see [`crate::auth::tickets`].
 //! - `GET /ws/events?ticket=…`: the live feed, see [`ws`].
 
-pub mod tickets;
 pub mod ws;
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde::Serialize;
 
+use super::gate::gated;
 use crate::app::App;
-use crate::auth::authorize::{Capability, check, check_any};
-use crate::auth::{Caller, Purpose, authenticate};
-use crate::http::AppError;
+use crate::auth::Caller;
+use crate::auth::authorize::{Capability, check};
+use crate::auth::tickets::{Grant, TICKET_TTL};
+use crate::error::AppError;
 use crate::telemetry::redact;
-use tickets::{Grant, TICKET_TTL, TicketStore};
 
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");
 const APP_CSS: &str = include_str!("assets/app.css");
 
-/// What the console's routes share: the app and the ticket store (one per router, so
-/// one per process; Redis makes it common to every instance).
-pub struct Console {
-    pub app: Arc<App>,
-    pub tickets: TicketStore,
-}
-
 /// The console's routes, ready to merge into the main router.
-pub fn router(app: Arc<App>) -> Router<Arc<App>> {
-    let tickets = TicketStore::new(app.redis.clone());
-    router_with(app, tickets)
-}
-
-/// [`router`] with a given ticket store (tests inject a clock through it).
-pub fn router_with(app: Arc<App>, tickets: TicketStore) -> Router<Arc<App>> {
-    let console = Arc::new(Console { app, tickets });
+pub fn router(app: &Arc<App>) -> Router<Arc<App>> {
     Router::new()
         .route(
             "/auth/ws-ticket",
-            post(issue_ticket).route_layer(axum::middleware::from_fn_with_state(
-                console.clone(),
-                |State(console): State<Arc<Console>>, req: Request, next: Next| {
-                    require(console, Capability::SpendRead, req, next)
-                },
-            )),
+            gated(app, Capability::SpendRead, post(issue_ticket)),
         )
         .route("/ws/events", get(ws::events))
         .route("/ui", get(index))
         .route("/ui/", get(|| async { Redirect::permanent("/ui") }))
         .route("/ui/app.js", get(app_js))
         .route("/ui/app.css", get(app_css))
-        .with_state(console)
-}
-
-/// The same gate as every management route: authenticate, then demand the capability
-/// (the [`Caller`] is left in the request extensions).
-async fn require(
-    console: Arc<Console>,
-    capability: Capability,
-    mut req: Request,
-    next: Next,
-) -> Result<Response, AppError> {
-    let caller = authenticate(
-        &console.app,
-        req.method(),
-        req.uri(),
-        req.headers(),
-        Purpose::Manage,
-    )
-    .await?;
-    check_any(&caller, capability)?;
-    req.extensions_mut().insert(caller);
-    Ok(next.run(req).await)
 }
 
 /// A single-use ticket for `GET /ws/events?ticket=…`.
@@ -106,7 +64,7 @@ pub struct IssuedTicket {
     security(("bearer" = [])),
 )]
 async fn issue_ticket(
-    State(console): State<Arc<Console>>,
+    State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
 ) -> Result<Response, AppError> {
     let team_id = if check(&caller, Capability::SpendRead, None).is_ok() {
@@ -123,7 +81,7 @@ async fn issue_ticket(
         label: caller.label.to_string(),
         team_id,
     };
-    let ticket = console
+    let ticket = app
         .tickets
         .issue(&grant)
         .await

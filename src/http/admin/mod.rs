@@ -1,6 +1,7 @@
-//! The management API (LiteLLM-compatible paths). Every route is registered through
-//! [`AdminRouter::route`], which demands the capability it needs: a route without one
-//! cannot be registered.
+//! The management API's handlers (LiteLLM-compatible paths). Each extracts its input,
+//! calls its service ([`crate::services`]) and shapes the answer. Every route is listed
+//! in [`routes`] with the capability it demands and registered through the
+//! [`gated`](super::gate::gated) gate: a route without one cannot be registered.
 
 mod keys;
 mod mappings;
@@ -10,58 +11,12 @@ mod teams;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::Response;
-use axum::routing::MethodRouter;
 use utoipa_axum::router::UtoipaMethodRouter;
 use utoipa_axum::routes;
 
+use super::gate::gated;
 use crate::app::App;
-use crate::auth::authenticate;
-use crate::auth::authorize::{Capability, check_any};
-use crate::http::AppError;
-
-struct AdminRouter {
-    router: Router<Arc<App>>,
-    app: Arc<App>,
-}
-
-impl AdminRouter {
-    fn route(self, path: &str, capability: Capability, handler: MethodRouter<Arc<App>>) -> Self {
-        let gated = handler.route_layer(axum::middleware::from_fn_with_state(
-            self.app.clone(),
-            move |State(app): State<Arc<App>>, req: Request, next: Next| {
-                require(app, capability, req, next)
-            },
-        ));
-        Self {
-            router: self.router.route(path, gated),
-            app: self.app,
-        }
-    }
-}
-
-/// Authenticates and checks the route's capability; the [`crate::auth::Caller`] is left
-/// in the request extensions for the handler.
-async fn require(
-    app: Arc<App>,
-    capability: Capability,
-    mut req: Request,
-    next: Next,
-) -> Result<Response, AppError> {
-    let caller = authenticate(
-        &app,
-        req.method(),
-        req.uri(),
-        req.headers(),
-        crate::auth::Purpose::Manage,
-    )
-    .await?;
-    check_any(&caller, capability)?;
-    req.extensions_mut().insert(caller);
-    Ok(next.run(req).await)
-}
+use crate::auth::authorize::Capability;
 
 /// Every management route and the capability it demands. Each route's path and method come
 /// from its handler's `#[utoipa::path]`, so the router and `/openapi.json` cannot disagree.
@@ -90,17 +45,14 @@ pub(crate) fn routes() -> Vec<(Capability, UtoipaMethodRouter<Arc<App>>)> {
     ]
 }
 
-pub fn router(app: Arc<App>) -> Router<Arc<App>> {
-    let mut admin = AdminRouter {
-        router: Router::new(),
-        app,
-    };
+pub fn router(app: &Arc<App>) -> Router<Arc<App>> {
+    let mut router = Router::new();
     for (capability, (_, paths, handler)) in routes() {
         for path in paths.paths.keys() {
-            admin = admin.route(path, capability, handler.clone());
+            router = router.route(path, gated(app, capability, handler.clone()));
         }
     }
-    admin.router
+    router
 }
 
 /// The management routes' part of the OpenAPI document: their operations and every

@@ -4,7 +4,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::routes::Kind;
 use crate::auth::access::model_allowed;
-use crate::http::AppError;
+use crate::error::AppError;
 
 /// Lists are small; anything bigger than this is not a model list.
 const MAX_LIST_BYTES: usize = 16 * 1024 * 1024;

@@ -11,14 +11,27 @@ use bytes::Bytes;
 use futures_util::Stream;
 use futures_util::future::BoxFuture;
 
+use tokio_util::sync::CancellationToken;
+
 use super::InFlightGuard;
 use super::meter::{Scanner, Tokens};
-use crate::app::App;
-use crate::store::UsageRow;
+use crate::config::PricingConfig;
+use crate::limits::Limiter;
+use crate::store::{RequestStatus, UsageRow};
+use crate::usage::{EventFeed, RequestEvent, SpendRecorder};
+
+/// Where a finished request's usage goes: the limiter is settled with the real tokens,
+/// the cost is priced, the live feed hears of it and the usage row is queued.
+pub struct UsageSink {
+    pub pricing: PricingConfig,
+    pub limiter: Arc<Limiter>,
+    pub events: EventFeed,
+    pub spend: SpendRecorder,
+}
 
 /// Everything needed to write the request's usage row once it finishes.
 pub struct UsageTicket {
-    pub app: Arc<App>,
+    pub sink: Arc<UsageSink>,
     pub request_id: Arc<str>,
     pub key_id: Option<String>,
     pub team_id: Option<String>,
@@ -37,45 +50,39 @@ pub struct UsageTicket {
 
 impl UsageTicket {
     /// Settles the limiter and hands the row (and the request's log line) to the recorder.
-    pub fn finish(&mut self, status: &'static str, tokens: Tokens) {
+    pub fn finish(&mut self, status: RequestStatus, tokens: Tokens) {
         if std::mem::replace(&mut self.recorded, true) {
             return;
         }
         let model = self.model.as_deref().unwrap_or("");
-        let spend = self
-            .app
-            .config
-            .pricing
-            .cost(model, tokens.prompt, tokens.completion);
+        let sink = &*self.sink;
+        let spend = sink.pricing.cost(model, tokens.prompt, tokens.completion);
         if let Some(permit) = self.permit.take() {
-            self.app
-                .limiter
+            sink.limiter
                 .settle(permit, tokens.prompt + tokens.completion, spend);
         }
         let duration = self.started.elapsed();
         metrics::histogram!(crate::telemetry::REQUEST_SECONDS, "route" => self.route)
             .record(duration.as_secs_f64());
-        metrics::counter!(crate::telemetry::REQUESTS, "route" => self.route, "status" => status)
+        metrics::counter!(crate::telemetry::REQUESTS, "route" => self.route, "status" => status.as_str())
             .increment(1);
         let latency_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
-        self.app
-            .events
-            .publish(|| crate::telemetry::events::RequestEvent {
-                time: chrono::Utc::now(),
-                request_id: self.request_id.to_string(),
-                key_name: self.label.to_string(),
-                key_id: self.key_id.clone(),
-                team_id: self.team_id.clone(),
-                model: self.model.clone(),
-                route: self.route.to_string(),
-                status: status.to_string(),
-                http_status: self.http_status,
-                prompt_tokens: tokens.prompt,
-                completion_tokens: tokens.completion,
-                latency_ms,
-            });
+        sink.events.publish(|| RequestEvent {
+            time: chrono::Utc::now(),
+            request_id: self.request_id.to_string(),
+            key_name: self.label.to_string(),
+            key_id: self.key_id.clone(),
+            team_id: self.team_id.clone(),
+            model: self.model.clone(),
+            route: self.route.to_string(),
+            status,
+            http_status: self.http_status,
+            prompt_tokens: tokens.prompt,
+            completion_tokens: tokens.completion,
+            latency_ms,
+        });
         // The recorder also writes the request's log line, after the response is out.
-        self.app.spend.record(
+        sink.spend.record(
             UsageRow {
                 request_id: self.request_id.to_string(),
                 key_id: self.key_id.take(),
@@ -86,7 +93,7 @@ impl UsageTicket {
                 prompt_tokens: tokens.prompt,
                 completion_tokens: tokens.completion,
                 spend,
-                status: status.to_string(),
+                status,
                 http_status: self.http_status,
                 started_at: self.started_at,
                 duration_ms: latency_ms,
@@ -99,7 +106,7 @@ impl UsageTicket {
 impl Drop for UsageTicket {
     fn drop(&mut self) {
         // The caller left while the request was still being sent upstream.
-        self.finish("cancelled", Tokens::default());
+        self.finish(RequestStatus::Cancelled, Tokens::default());
     }
 }
 
@@ -124,8 +131,9 @@ impl MeteredBody {
         ticket: UsageTicket,
         in_flight: InFlightGuard,
         declared_len: Option<u64>,
+        cancel: CancellationToken,
     ) -> Self {
-        let cancelled = Box::pin(ticket.app.cancel.clone().cancelled_owned());
+        let cancelled = Box::pin(cancel.cancelled_owned());
         let mut body = Self {
             upstream,
             scanner,
@@ -136,12 +144,12 @@ impl MeteredBody {
         };
         if declared_len == Some(0) {
             // An empty body may never be polled: it is complete already.
-            body.finish("success");
+            body.finish(RequestStatus::Success);
         }
         body
     }
 
-    fn finish(&mut self, status: &'static str) {
+    fn finish(&mut self, status: RequestStatus) {
         self.ticket.finish(status, self.scanner.tokens);
     }
 }
@@ -155,7 +163,7 @@ impl Stream for MeteredBody {
             return Poll::Ready(None);
         }
         if this.cancelled.as_mut().poll(cx).is_ready() {
-            this.finish("cancelled");
+            this.finish(RequestStatus::Cancelled);
             return Poll::Ready(Some(Err(std::io::Error::other("gateway shutting down"))));
         }
         loop {
@@ -169,7 +177,7 @@ impl Stream for MeteredBody {
                         if *remaining == 0 {
                             // Nothing more will be asked of us: read the counts now.
                             let rest = this.scanner.finish();
-                            this.finish("success");
+                            this.finish(RequestStatus::Success);
                             debug_assert!(rest.is_empty());
                         }
                     }
@@ -181,14 +189,18 @@ impl Stream for MeteredBody {
                     }
                 }
                 Poll::Ready(Some(Err(e))) => {
-                    let status = if e.is_timeout() { "timeout" } else { "error" };
-                    tracing::warn!(status, "upstream stream failed");
+                    let status = if e.is_timeout() {
+                        RequestStatus::Timeout
+                    } else {
+                        RequestStatus::Error
+                    };
+                    tracing::warn!(%status, "upstream stream failed");
                     this.finish(status);
                     return Poll::Ready(Some(Err(std::io::Error::other("upstream stream failed"))));
                 }
                 Poll::Ready(None) => {
                     let rest = this.scanner.finish();
-                    this.finish("success");
+                    this.finish(RequestStatus::Success);
                     return Poll::Ready((!rest.is_empty()).then_some(Ok(rest)));
                 }
             }
@@ -200,6 +212,6 @@ impl Drop for MeteredBody {
     fn drop(&mut self) {
         // The client went away before the end: the upstream request is dropped with us
         // (which cancels it at Ollama) and what was seen so far is recorded.
-        self.finish("cancelled");
+        self.finish(RequestStatus::Cancelled);
     }
 }

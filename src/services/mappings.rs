@@ -9,12 +9,12 @@ use chrono::Utc;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::app::App;
 use crate::auth::Caller;
 use crate::auth::authorize::{Capability, check};
-use crate::http::AppError;
-use crate::http::extract::double_option;
-use crate::store::{Mapping, Page, StoreError, VirtualKey};
+use crate::auth::mapping::MappingResolver;
+use crate::error::AppError;
+use crate::json::double_option;
+use crate::store::{Mapping, Page, Store, StoreError, VirtualKey};
 
 /// `POST /jwt/key/mapping/new`: `key` or `key_id` names the target key.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -65,16 +65,6 @@ pub struct MappingId {
     pub id: String,
 }
 
-/// The shared-cache key of one resolution (SPEC §6.3).
-pub fn cache_key(issuer: &str, claim: &str, value: &str) -> String {
-    format!("jwt_key_mapping:{issuer}:{claim}:{value}")
-}
-
-/// The tag grouping every issuer's resolution of one (claim, value).
-pub fn cache_tag(claim: &str, value: &str) -> String {
-    format!("jwt_key_mapping:{claim}:{value}")
-}
-
 fn check_text(field: &str, value: &str) -> Result<(), AppError> {
     if value.trim().is_empty() || value.len() > 512 {
         return Err(AppError::invalid(format!(
@@ -84,23 +74,44 @@ fn check_text(field: &str, value: &str) -> Result<(), AppError> {
     Ok(())
 }
 
+/// Mapping management: long-lived, built from the store and the resolver whose cached
+/// resolutions a change must drop.
+pub struct MappingService {
+    store: Arc<dyn Store>,
+    resolver: Arc<MappingResolver>,
+}
+
+impl MappingService {
+    pub fn new(store: Arc<dyn Store>, resolver: Arc<MappingResolver>) -> Self {
+        Self { store, resolver }
+    }
+
+    /// The operations, as `caller` may perform them.
+    pub fn for_caller<'a>(&'a self, caller: &'a Caller) -> MappingManager<'a> {
+        MappingManager {
+            store: self.store.as_ref(),
+            resolver: &self.resolver,
+            caller,
+        }
+    }
+}
+
+/// [`MappingService`]'s operations on behalf of one caller, authorised per the team of
+/// the key a mapping points at.
 pub struct MappingManager<'a> {
-    app: &'a Arc<App>,
+    store: &'a dyn Store,
+    resolver: &'a MappingResolver,
     caller: &'a Caller,
 }
 
-impl<'a> MappingManager<'a> {
-    pub fn new(app: &'a Arc<App>, caller: &'a Caller) -> Self {
-        Self { app, caller }
-    }
-
+impl MappingManager<'_> {
     /// The key a mapping is to point at, once the caller may write mappings for its team.
     async fn target_key(
         &self,
         key: Option<&str>,
         key_id: Option<&str>,
     ) -> Result<VirtualKey, AppError> {
-        let key = crate::manage::keys::lookup(self.app.store.as_ref(), key, key_id)
+        let key = super::keys::lookup(self.store, key, key_id)
             .await?
             .ok_or_else(|| AppError::invalid("field `key_id`: no such key"))?;
         check(
@@ -115,13 +126,11 @@ impl<'a> MappingManager<'a> {
     /// authorisation depends on).
     async fn load(&self, id: &str) -> Result<(Mapping, Option<String>), AppError> {
         let mapping = self
-            .app
             .store
             .mapping(id)
             .await?
             .ok_or_else(|| AppError::NotFound("mapping not found".into()))?;
         let team = self
-            .app
             .store
             .key_by_id(&mapping.key_id)
             .await?
@@ -137,29 +146,8 @@ impl<'a> MappingManager<'a> {
         Ok(mapping)
     }
 
-    /// Drops the cached resolutions a mapping affects: one issuer's, or every issuer's
-    /// when the mapping applies to any issuer.
     async fn forget(&self, mapping: &Mapping) {
-        let cache = &self.app.mapping_cache;
-        let dropped = if mapping.jwt_issuer.is_empty() {
-            cache
-                .delete_tag(&cache_tag(
-                    &mapping.jwt_claim_name,
-                    &mapping.jwt_claim_value,
-                ))
-                .await
-        } else {
-            cache
-                .delete(&cache_key(
-                    &mapping.jwt_issuer,
-                    &mapping.jwt_claim_name,
-                    &mapping.jwt_claim_value,
-                ))
-                .await
-        };
-        if let Err(e) = dropped {
-            tracing::warn!(error = %e, "could not drop a cached mapping resolution");
-        }
+        self.resolver.forget(mapping).await;
     }
 
     pub async fn create(&self, req: NewMapping) -> Result<Mapping, AppError> {
@@ -183,7 +171,6 @@ impl<'a> MappingManager<'a> {
             updated_by: Some(self.caller.label.to_string()),
         };
         let created = self
-            .app
             .store
             .insert_mapping(&mapping)
             .await
@@ -225,7 +212,6 @@ impl<'a> MappingManager<'a> {
         updated.updated_at = Utc::now();
         updated.updated_by = Some(self.caller.label.to_string());
         let saved = self
-            .app
             .store
             .update_mapping(&updated)
             .await
@@ -239,7 +225,6 @@ impl<'a> MappingManager<'a> {
     pub async fn delete(&self, id: &str) -> Result<Mapping, AppError> {
         self.load_for_write(id).await?;
         let deleted = self
-            .app
             .store
             .delete_mapping(id)
             .await?
@@ -250,7 +235,7 @@ impl<'a> MappingManager<'a> {
 
     pub async fn list(&self, page: Page) -> Result<(Vec<Mapping>, u64), AppError> {
         check(self.caller, Capability::MappingRead, None)?;
-        Ok(self.app.store.list_mappings(page).await?)
+        Ok(self.store.list_mappings(page).await?)
     }
 }
 

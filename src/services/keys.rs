@@ -6,16 +6,15 @@ use chrono::Utc;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::app::App;
 use crate::auth::Caller;
 use crate::auth::authorize::{Capability, check};
+use crate::auth::invalidation::{Change, Invalidator};
 use crate::auth::secrets;
 // Named so utoipa does not take it for chrono's `Duration` (see `http::openapi`).
 use crate::config::Duration as HumanDuration;
-use crate::http::AppError;
-use crate::http::extract::double_option;
-use crate::invalidation::Change;
-use crate::store::{KeyFields, KeyFilter, Page, VirtualKey};
+use crate::error::AppError;
+use crate::json::double_option;
+use crate::store::{KeyFields, KeyFilter, Page, Store, VirtualKey};
 
 /// `key` (plaintext) or `key_id`: how every key route names its key.
 #[derive(Debug, Default, Deserialize, ToSchema, IntoParams)]
@@ -126,19 +125,6 @@ pub struct ListKeys {
     pub size: Option<u64>,
 }
 
-/// Validates list-query paging: 1-based `page`, `size` 1..=1000 (default 50).
-pub fn page(page: Option<u64>, size: Option<u64>) -> Result<Page, AppError> {
-    let page = page.unwrap_or(1);
-    let size = size.unwrap_or(50);
-    if page == 0 {
-        return Err(AppError::invalid("field `page` must be 1 or more"));
-    }
-    if size == 0 || size > 1000 {
-        return Err(AppError::invalid("field `size` must be between 1 and 1000"));
-    }
-    Ok(Page { page, size })
-}
-
 fn check_budget(value: Option<f64>) -> Result<(), AppError> {
     match value {
         Some(b) if !(b.is_finite() && b >= 0.0) => Err(AppError::invalid(
@@ -182,19 +168,38 @@ pub struct IssuedKey {
     pub info: VirtualKey,
 }
 
+/// Key management: long-lived, built from the store and the invalidator.
+pub struct KeyService {
+    store: Arc<dyn Store>,
+    invalidator: Arc<Invalidator>,
+}
+
+impl KeyService {
+    pub fn new(store: Arc<dyn Store>, invalidator: Arc<Invalidator>) -> Self {
+        Self { store, invalidator }
+    }
+
+    /// The operations, as `caller` may perform them.
+    pub fn for_caller<'a>(&'a self, caller: &'a Caller) -> KeyManager<'a> {
+        KeyManager {
+            store: self.store.as_ref(),
+            invalidator: &self.invalidator,
+            caller,
+        }
+    }
+}
+
+/// [`KeyService`]'s operations on behalf of one caller, authorised per key's team.
 pub struct KeyManager<'a> {
-    app: &'a Arc<App>,
+    store: &'a dyn Store,
+    invalidator: &'a Invalidator,
     caller: &'a Caller,
 }
 
-impl<'a> KeyManager<'a> {
-    pub fn new(app: &'a Arc<App>, caller: &'a Caller) -> Self {
-        Self { app, caller }
-    }
-
+impl KeyManager<'_> {
     async fn ensure_team(&self, team_id: Option<&str>) -> Result<(), AppError> {
         if let Some(team) = team_id
-            && self.app.store.team(team).await?.is_none()
+            && self.store.team(team).await?.is_none()
         {
             return Err(AppError::invalid(format!(
                 "field `team_id`: team `{team}` does not exist"
@@ -238,7 +243,6 @@ impl<'a> KeyManager<'a> {
         let hash = secrets::hash_secret(&key);
         let key_id = uuid::Uuid::new_v4().to_string();
         let info = self
-            .app
             .store
             .insert_key(
                 &key_id,
@@ -248,7 +252,7 @@ impl<'a> KeyManager<'a> {
                 Some(self.caller.label.to_string()),
             )
             .await?;
-        self.app.invalidate(Change::Key(hash.clone())).await;
+        self.invalidator.publish(Change::Key(hash.clone())).await;
         tracing::info!(key_id = %info.key_id, by = %self.caller.label, "key created");
         Ok(IssuedKey { key, info })
     }
@@ -259,7 +263,7 @@ impl<'a> KeyManager<'a> {
         key: Option<&str>,
         key_id: Option<&str>,
     ) -> Result<VirtualKey, AppError> {
-        lookup(self.app.store.as_ref(), key, key_id)
+        lookup(self.store, key, key_id)
             .await?
             .ok_or_else(|| AppError::NotFound("key not found".into()))
     }
@@ -339,13 +343,12 @@ impl<'a> KeyManager<'a> {
         fields: &KeyFields,
     ) -> Result<VirtualKey, AppError> {
         let updated = self
-            .app
             .store
             .update_key(&existing.key_id, fields)
             .await?
             .ok_or_else(|| AppError::NotFound("key not found".into()))?;
-        self.app
-            .invalidate(Change::Key(existing.key_hash.clone()))
+        self.invalidator
+            .publish(Change::Key(existing.key_hash.clone()))
             .await;
         Ok(updated)
     }
@@ -380,15 +383,14 @@ impl<'a> KeyManager<'a> {
         let key = secrets::mint_key();
         let hash = secrets::hash_secret(&key);
         let info = self
-            .app
             .store
             .rehash_key(&existing.key_id, &hash, &secrets::display_name(&key))
             .await?
             .ok_or_else(|| AppError::NotFound("key not found".into()))?;
-        self.app
-            .invalidate(Change::Key(existing.key_hash.clone()))
+        self.invalidator
+            .publish(Change::Key(existing.key_hash.clone()))
             .await;
-        self.app.invalidate(Change::Key(hash.clone())).await;
+        self.invalidator.publish(Change::Key(hash.clone())).await;
         Ok(IssuedKey { key, info })
     }
 
@@ -414,15 +416,17 @@ impl<'a> KeyManager<'a> {
             check(self.caller, Capability::KeyWrite, key.team_id.as_deref())?;
         }
         let ids: Vec<String> = targets.iter().map(|k| k.key_id.clone()).collect();
-        let deleted = self.app.store.delete_keys(&ids).await?;
+        let deleted = self.store.delete_keys(&ids).await?;
         for key in &deleted {
-            self.app.invalidate(Change::Key(key.key_hash.clone())).await;
+            self.invalidator
+                .publish(Change::Key(key.key_hash.clone()))
+                .await;
         }
         Ok(deleted.into_iter().map(|k| k.key_id).collect())
     }
 
     pub async fn list(&self, q: ListKeys) -> Result<(Vec<VirtualKey>, u64, Page), AppError> {
-        let page = page(q.page, q.size)?;
+        let page = super::paging::page(q.page, q.size)?;
         // Team roles see their own team only.
         let team_id = if self.caller.is_admin() {
             q.team_id
@@ -439,7 +443,7 @@ impl<'a> KeyManager<'a> {
             team_id,
             user_id: q.user_id,
         };
-        let (keys, total) = self.app.store.list_keys(&filter, page).await?;
+        let (keys, total) = self.store.list_keys(&filter, page).await?;
         Ok((keys, total, page))
     }
 }
@@ -447,7 +451,7 @@ impl<'a> KeyManager<'a> {
 /// The key named by `key` (plaintext) or `key_id` — how every route names a key.
 /// `key_id` wins when both are given; neither is a 400.
 pub async fn lookup(
-    store: &dyn crate::store::Store,
+    store: &dyn Store,
     key: Option<&str>,
     key_id: Option<&str>,
 ) -> Result<Option<VirtualKey>, AppError> {

@@ -1,0 +1,463 @@
+//! The Ollama proxy: authenticated requests on the routes of [`routes::ROUTES`] are
+//! checked (SPEC §5.2), forwarded with the upstream's own `Host` and without the
+//! caller's credentials, and streamed back unbuffered while tokens are counted.
+
+mod body;
+mod inspect;
+mod lists;
+pub mod meter;
+pub mod routes;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{FromRequest, Request};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use bytes::Bytes;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+pub use self::body::UsageSink;
+use self::body::{MeteredBody, UsageTicket};
+use self::meter::{Framing, Scanner};
+use self::routes::{Kind, RouteSpec};
+use crate::auth::{self, Authenticator, access};
+use crate::config::{PricingConfig, UpstreamConfig};
+use crate::error::AppError;
+use crate::limits::{Demand, LimitError, Limiter, Permit, Refusal, Subject};
+use crate::request_id::RequestId;
+use crate::store::RequestStatus;
+use crate::upstream::{SendError, Upstream, UpstreamRequest};
+use crate::usage::{EventFeed, RequestEvent};
+
+/// Counts proxied responses still streaming, so shutdown can wait for them.
+#[derive(Default, Clone)]
+pub struct InFlight(Arc<(AtomicUsize, Notify)>);
+
+pub struct InFlightGuard(InFlight);
+
+impl InFlight {
+    pub fn enter(&self) -> InFlightGuard {
+        self.0.0.fetch_add(1, Ordering::SeqCst);
+        metrics::gauge!(crate::telemetry::STREAMS_IN_FLIGHT).increment(1.0);
+        InFlightGuard(self.clone())
+    }
+
+    pub fn count(&self) -> usize {
+        self.0.0.load(Ordering::SeqCst)
+    }
+
+    /// Resolves when nothing is in flight.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.0.1.notified();
+            if self.count() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        metrics::gauge!(crate::telemetry::STREAMS_IN_FLIGHT).decrement(1.0);
+        if self.0.0.0.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.0.1.notify_waiters();
+        }
+    }
+}
+
+/// Headers passed from the caller to Ollama. Everything else — `Authorization`,
+/// cookies, `Host`, hop-by-hop headers — stays behind.
+const FORWARDED_REQUEST_HEADERS: &[HeaderName] =
+    &[header::CONTENT_TYPE, header::ACCEPT, header::USER_AGENT];
+
+/// An authenticated request that passed every check before the upstream (SPEC §5.2)
+/// and holds its limiter permit, ready to send.
+struct Prepared {
+    request: UpstreamRequest,
+    facts: inspect::RequestFacts,
+    model: Option<String>,
+    permit: Option<Permit>,
+}
+
+/// The proxy pipeline: authenticate, check (SPEC §5.2), admit, send, meter.
+pub struct Proxy {
+    authenticator: Arc<Authenticator>,
+    limiter: Arc<Limiter>,
+    upstream: Arc<Upstream>,
+    /// `upstream.*` policy for non-admin callers (admin routes, keep_alive, num_ctx).
+    policy: UpstreamConfig,
+    pricing: PricingConfig,
+    usage: Arc<UsageSink>,
+    events: EventFeed,
+    in_flight: InFlight,
+    /// Fired when the shutdown grace period ends: streams still open stop.
+    cancel: CancellationToken,
+}
+
+/// The parts a [`Proxy`] is built from.
+pub struct ProxyParts {
+    pub authenticator: Arc<Authenticator>,
+    pub limiter: Arc<Limiter>,
+    pub upstream: Arc<Upstream>,
+    pub policy: UpstreamConfig,
+    pub usage: Arc<UsageSink>,
+    pub in_flight: InFlight,
+    pub cancel: CancellationToken,
+}
+
+impl Proxy {
+    pub fn new(parts: ProxyParts) -> Self {
+        Self {
+            pricing: parts.usage.pricing.clone(),
+            events: parts.usage.events.clone(),
+            authenticator: parts.authenticator,
+            limiter: parts.limiter,
+            upstream: parts.upstream,
+            policy: parts.policy,
+            usage: parts.usage,
+            in_flight: parts.in_flight,
+            cancel: parts.cancel,
+        }
+    }
+
+    /// Handles one proxied request.
+    pub async fn forward(
+        &self,
+        spec: &'static RouteSpec,
+        req: Request,
+    ) -> Result<Response, AppError> {
+        let started = Instant::now();
+        let started_at = chrono::Utc::now();
+        let caller = self
+            .authenticator
+            .authenticate(req.method(), req.uri(), req.headers(), auth::Purpose::Proxy)
+            .await?;
+        let request_id = req
+            .extensions()
+            .get::<RequestId>()
+            .map(|r| r.0.clone())
+            .unwrap_or_else(|| Arc::from("-"));
+
+        let prepared = match self
+            .prepare(spec, &caller, &request_id, req, started_at)
+            .await
+        {
+            Ok(prepared) => prepared,
+            Err(err) => {
+                self.publish_refusal(&caller, spec, &request_id, started, &err);
+                return Err(err);
+            }
+        };
+
+        let mut ticket = UsageTicket {
+            sink: self.usage.clone(),
+            request_id,
+            key_id: caller.key.as_ref().map(|k| k.key_id.clone()),
+            team_id: caller.team_id.clone(),
+            user_id: caller.user_id.clone(),
+            label: caller.label.clone(),
+            model: prepared.model,
+            route: spec.path,
+            http_status: 0,
+            started_at,
+            started,
+            permit: prepared.permit,
+            recorded: false,
+        };
+        let upstream = match self.upstream.send(spec.path, prepared.request).await {
+            Ok(r) => r,
+            Err(e) => {
+                let (status, err) = match &e {
+                    SendError::Timeout => (504, AppError::UpstreamTimeout),
+                    SendError::Failed(_) => (502, AppError::UpstreamError),
+                };
+                tracing::warn!(error = %e, "upstream request failed");
+                ticket.http_status = status;
+                ticket.finish(RequestStatus::Error, Default::default());
+                return Err(err);
+            }
+        };
+        let status = upstream.status();
+        ticket.http_status = status.as_u16();
+        if !status.is_success() {
+            let err = upstream_failure(upstream).await;
+            ticket.http_status = err.status().as_u16();
+            ticket.finish(RequestStatus::Error, Default::default());
+            return Err(err);
+        }
+
+        if let (Kind::NativeList | Kind::OpenAiList, Some(patterns)) =
+            (spec.kind, access::model_patterns(&caller))
+        {
+            let response = lists::filtered(upstream, spec.kind, patterns).await;
+            ticket.finish(
+                if response.is_ok() {
+                    RequestStatus::Success
+                } else {
+                    RequestStatus::Error
+                },
+                Default::default(),
+            );
+            return response;
+        }
+        let framing = match spec.kind {
+            Kind::NativeGenerate if prepared.facts.stream => Framing::Lines,
+            Kind::OpenAiCompletion | Kind::OpenAiOther if prepared.facts.stream => {
+                Framing::Events {
+                    hide_usage_chunk: spec.kind == Kind::OpenAiCompletion
+                        && !prepared.facts.client_wants_usage,
+                }
+            }
+            Kind::NativeGenerate
+            | Kind::NativeEmbed
+            | Kind::OpenAiCompletion
+            | Kind::OpenAiOther => Framing::Whole,
+            _ => Framing::Opaque,
+        };
+        let mut response = Response::builder().status(status);
+        if let Some(ct) = upstream.headers().get(header::CONTENT_TYPE) {
+            response = response.header(header::CONTENT_TYPE, ct.clone());
+        }
+        // A body passed through unchanged keeps its length (one write instead of chunks);
+        // only hiding the usage chunk changes the bytes.
+        let rewrites = matches!(
+            framing,
+            Framing::Events {
+                hide_usage_chunk: true
+            }
+        );
+        let declared_len = upstream.content_length().filter(|_| !rewrites);
+        if let Some(len) = declared_len {
+            response = response.header(header::CONTENT_LENGTH, len);
+        }
+        let stream = Box::pin(upstream.bytes_stream());
+        let metered = MeteredBody::new(
+            stream,
+            Scanner::new(framing),
+            ticket,
+            self.in_flight.enter(),
+            declared_len,
+            self.cancel.clone(),
+        );
+        response
+            .body(Body::from_stream(metered))
+            .map_err(AppError::internal)
+    }
+
+    /// Checks 2–7 in order; the first that fails refuses the request, which then consumes
+    /// nothing.
+    async fn prepare(
+        &self,
+        spec: &'static RouteSpec,
+        caller: &auth::Caller,
+        request_id: &str,
+        req: Request,
+        started_at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Prepared, AppError> {
+        access::check_key_state(caller, started_at)?;
+        let admin_only = spec.admin_only && self.policy.admin_routes_require_admin;
+        access::check_route(caller, req.uri().path(), admin_only)?;
+
+        let method = req.method().clone();
+        let path_and_query = req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| req.uri().path(), |p| p.as_str());
+        let path_and_query = path_and_query.to_owned();
+        let path_model = (spec.kind == Kind::OpenAiModel).then(|| {
+            req.uri()
+                .path()
+                .trim_start_matches("/v1/models/")
+                .to_string()
+        });
+        let mut headers = HeaderMap::new();
+        for name in FORWARDED_REQUEST_HEADERS {
+            if let Some(v) = req.headers().get(name) {
+                headers.insert(name.clone(), v.clone());
+            }
+        }
+        if let Ok(v) = HeaderValue::from_str(request_id) {
+            headers.insert(crate::request_id::HEADER, v);
+        }
+
+        let body = Bytes::from_request(req, &())
+            .await
+            .map_err(AppError::from)?;
+        let json_body = !matches!(spec.kind, Kind::Plain) && !body.is_empty();
+        let (facts, body) = if json_body {
+            inspect::inspect(spec.kind, body, caller.is_admin(), &self.policy)?
+        } else {
+            (inspect::RequestFacts::default(), body)
+        };
+        let model = facts.model.clone().or(path_model);
+        if let Some(m) = &model {
+            access::check_model(caller, m)?;
+        }
+
+        let permit = self.admit(caller, &facts, model.as_deref()).await?;
+        Ok(Prepared {
+            request: UpstreamRequest {
+                method,
+                path_and_query,
+                headers,
+                body,
+            },
+            facts,
+            model,
+            permit,
+        })
+    }
+
+    /// A refused request has no usage row (it consumed nothing) but is shown on the live
+    /// feed, so operators see 403s and 429s as they happen.
+    fn publish_refusal(
+        &self,
+        caller: &auth::Caller,
+        spec: &'static RouteSpec,
+        request_id: &Arc<str>,
+        started: Instant,
+        err: &AppError,
+    ) {
+        self.events.publish(|| RequestEvent {
+            time: chrono::Utc::now(),
+            request_id: request_id.to_string(),
+            key_name: caller.label.to_string(),
+            key_id: caller.key.as_ref().map(|k| k.key_id.clone()),
+            team_id: caller.team_id.clone(),
+            model: None,
+            route: spec.path.to_string(),
+            status: RequestStatus::Refused,
+            http_status: err.status().as_u16(),
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            latency_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        });
+    }
+
+    /// Admits the request against its key's and team's limits; `None` when unlimited (which
+    /// `failure_mode: closed` still refuses while Redis is unreachable).
+    async fn admit(
+        &self,
+        caller: &auth::Caller,
+        facts: &inspect::RequestFacts,
+        model: Option<&str>,
+    ) -> Result<Option<Permit>, AppError> {
+        let subjects = limited_subjects(caller);
+        if subjects.is_empty() {
+            self.limiter.check_available().map_err(limit_error)?;
+            return Ok(None);
+        }
+        let demand = match facts.output_bound {
+            Some(bound) => Demand {
+                reserve_tokens: facts.prompt_estimate + bound,
+                reserve_cost: self
+                    .pricing
+                    .cost(model.unwrap_or(""), facts.prompt_estimate, bound),
+            },
+            None => Demand::default(),
+        };
+        let permit = self
+            .limiter
+            .admit(&subjects, demand)
+            .await
+            .map_err(limit_error)?;
+        Ok(Some(permit))
+    }
+}
+
+/// The key's and team's limits that are set; none for the master key and admin JWTs.
+fn limited_subjects(caller: &auth::Caller) -> Vec<Subject> {
+    let mut subjects = Vec::with_capacity(2);
+    if caller.is_admin() {
+        return subjects;
+    }
+    if let Some(k) = &caller.key {
+        subjects.push(Subject {
+            id: Arc::from(format!("key:{}", k.key_id)),
+            rpm: k.rpm_limit,
+            tpm: k.tpm_limit,
+            parallel: k.max_parallel_requests,
+            max_budget: k.max_budget,
+            stored_spend: k.spend,
+            budget_reset_at: k.budget_reset_at,
+        });
+    }
+    if let Some(t) = &caller.team {
+        subjects.push(Subject {
+            id: Arc::from(format!("team:{}", t.team_id)),
+            rpm: t.rpm_limit,
+            tpm: t.tpm_limit,
+            parallel: t.max_parallel_requests,
+            max_budget: t.max_budget,
+            stored_spend: t.spend,
+            budget_reset_at: t.budget_reset_at,
+        });
+    }
+    subjects.retain(Subject::is_limited);
+    subjects
+}
+
+/// The limiter's answer as the caller sees it.
+fn limit_error(err: LimitError) -> AppError {
+    match err {
+        LimitError::Refused(Refusal::Budget) => AppError::BudgetExceeded,
+        LimitError::Refused(Refusal::Rate { retry_after }) => AppError::RateLimited {
+            retry_after_s: retry_after.as_secs().max(1),
+        },
+        LimitError::Refused(Refusal::Parallel) => AppError::TooManyParallelRequests,
+        LimitError::Unavailable => AppError::LimitsUnavailable,
+    }
+}
+
+/// Maps a non-success upstream answer: 4xx keep their status and Ollama's message (it is
+/// about the caller's request); 5xx become 502 with nothing upstream-specific.
+async fn upstream_failure(upstream: reqwest::Response) -> AppError {
+    let status = upstream.status();
+    if !status.is_client_error() {
+        tracing::warn!(status = status.as_u16(), "upstream server error");
+        return AppError::UpstreamError;
+    }
+    let status = StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_REQUEST);
+    let body = upstream.bytes().await.unwrap_or_default();
+    AppError::UpstreamRejected {
+        status,
+        message: upstream_message(&body),
+    }
+}
+
+/// Ollama's `{"error": "..."}` or OpenAI-style `{"error": {"message": "..."}}`.
+fn upstream_message(body: &[u8]) -> String {
+    let value: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let message = match &value["error"] {
+        serde_json::Value::String(s) => Some(s.as_str()),
+        serde_json::Value::Object(o) => o.get("message").and_then(|m| m.as_str()),
+        _ => None,
+    };
+    message
+        .map(|m| m.chars().take(1000).collect())
+        .unwrap_or_else(|| "the model server rejected the request".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::upstream_message;
+
+    #[test]
+    fn upstream_messages_are_extracted() {
+        assert_eq!(
+            upstream_message(br#"{"error":"model not found"}"#),
+            "model not found"
+        );
+        assert_eq!(upstream_message(br#"{"error":{"message":"bad"}}"#), "bad");
+        assert_eq!(
+            upstream_message(b"<html>"),
+            "the model server rejected the request"
+        );
+    }
+}
