@@ -16,6 +16,13 @@
 //! frame, and counters of completed, cancelled and in-flight streams. All waits are
 //! signal-based (tokio `watch`), never polling.
 //!
+//! [`MockOllama::start`] answers every model at once with unlimited concurrency.
+//! [`MockOllama::builder`] instead simulates one Ollama server's scheduler (module
+//! `sim`: loads, LRU eviction of idle models, `parallel` slots, a bounded FIFO queue
+//! answering 503 "server busy"; module `scheduled`: token pacing and measured
+//! durations in final frames; `GET /_sim/stats`: its counters as JSON). [`Fleet`]
+//! starts several such servers.
+//!
 //! ```no_run
 //! # async fn demo() {
 //! let ollama = testkit::ollama::MockOllama::start().await;
