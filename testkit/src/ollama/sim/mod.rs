@@ -35,6 +35,7 @@
 //! a weak reference, so a dropped mock never leaves a timer behind.
 
 mod stats;
+mod ticket;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -44,6 +45,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 
 pub use stats::{ModelState, ModelStats, SimEvent, SimStats};
+pub(crate) use ticket::{Slot, Ticket};
 
 /// Ollama's `ErrMaxQueue` text, answered with 503 when the queue is full.
 pub const BUSY_MESSAGE: &str = "server busy, please try again.  maximum pending requests exceeded";
@@ -55,8 +57,8 @@ pub const DEFAULT_PARALLEL: usize = 1;
 /// Ollama's default `OLLAMA_MAX_LOADED_MODELS` on one GPU.
 pub const DEFAULT_MAX_LOADED_MODELS: usize = 3;
 
-/// Events kept for [`SimStats::events`]-style inspection; older ones are dropped so a
-/// long benchmark run stays bounded.
+/// Events kept in [`SimStats::events`]; older ones are dropped so a long benchmark run
+/// stays bounded.
 const EVENT_LOG_LIMIT: usize = 10_000;
 
 /// How a simulated server schedules and generates.
@@ -353,7 +355,7 @@ impl Scheduler {
     }
 
     /// A request left, whether still waiting or generating.
-    fn release(&self, id: u64, model: &str) {
+    pub(super) fn release(&self, id: u64, model: &str) {
         let mut st = lock(&self.state);
         let was_queued = st.remove_waiter(id, model);
         if !was_queued {
@@ -450,6 +452,11 @@ impl State {
     fn remove_waiter(&mut self, id: u64, model: &str) -> bool {
         if let Some(pos) = self.pending.iter().position(|w| w.id == id) {
             self.pending.remove(pos);
+            if pos == 0 {
+                // The eviction was committed for this request (it headed the queue);
+                // the next one chooses afresh, as Ollama does per pending request.
+                self.victim = None;
+            }
             return true;
         }
         let Some(runner) = self.runners.get_mut(model) else {
@@ -527,61 +534,5 @@ impl State {
             models,
             events: self.events.iter().cloned().collect(),
         }
-    }
-}
-
-/// A request's place in the queue; dropping it leaves the queue.
-#[derive(Debug)]
-pub(crate) struct Ticket {
-    scheduler: Arc<Scheduler>,
-    id: u64,
-    model: String,
-    start: Option<oneshot::Receiver<Start>>,
-    /// Cleared once the request holds a [`Slot`], whose drop gives the capacity back.
-    armed: bool,
-}
-
-impl Ticket {
-    /// Wait for a slot. `None` only if the scheduler dropped the request, which it
-    /// never does while a ticket exists.
-    pub(crate) async fn start(mut self) -> Option<Slot> {
-        let rx = self.start.take()?;
-        let start = rx.await.ok();
-        self.armed = false;
-        Some(Slot {
-            scheduler: Arc::clone(&self.scheduler),
-            id: self.id,
-            model: std::mem::take(&mut self.model),
-            start: start?,
-        })
-    }
-}
-
-impl Drop for Ticket {
-    fn drop(&mut self) {
-        if self.armed {
-            self.scheduler.release(self.id, &self.model);
-        }
-    }
-}
-
-/// A running request's slot on its model; dropping it ends the request.
-#[derive(Debug)]
-pub(crate) struct Slot {
-    scheduler: Arc<Scheduler>,
-    id: u64,
-    model: String,
-    start: Start,
-}
-
-impl Slot {
-    pub(crate) fn load_duration(&self) -> Duration {
-        self.start.load_duration
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.scheduler.release(self.id, &self.model);
     }
 }
