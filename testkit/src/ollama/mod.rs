@@ -16,6 +16,13 @@
 //! frame, and counters of completed, cancelled and in-flight streams. All waits are
 //! signal-based (tokio `watch`), never polling.
 //!
+//! [`MockOllama::start`] answers every model at once with unlimited concurrency.
+//! [`MockOllama::builder`] instead simulates one Ollama server's scheduler (module
+//! `sim`: loads, LRU eviction of idle models, `parallel` slots, a bounded FIFO queue
+//! answering 503 "server busy"; module `scheduled`: token pacing and measured
+//! durations in final frames; `GET /_sim/stats`: its counters as JSON). [`Fleet`]
+//! starts several such servers.
+//!
 //! ```no_run
 //! # async fn demo() {
 //! let ollama = testkit::ollama::MockOllama::start().await;
@@ -26,7 +33,11 @@
 //! # }
 //! ```
 
+mod builder;
+mod fleet;
 mod recording;
+mod scheduled;
+mod sim;
 mod wire;
 
 use std::collections::VecDeque;
@@ -34,7 +45,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
@@ -44,7 +55,13 @@ use axum::response::Response;
 use bytes::Bytes;
 use tokio::sync::watch;
 
+pub use builder::MockOllamaBuilder;
+pub use fleet::Fleet;
 pub use recording::ReceivedRequest;
+pub use sim::{
+    BUSY_MESSAGE, DEFAULT_MAX_LOADED_MODELS, DEFAULT_MAX_QUEUE, DEFAULT_PARALLEL, ModelState,
+    ModelStats, SimEvent, SimSettings, SimStats,
+};
 pub use wire::OLLAMA_VERSION;
 
 use crate::server::ServerHandle;
@@ -108,6 +125,8 @@ pub(crate) struct Shared {
     completed: watch::Sender<usize>,
     in_flight: watch::Sender<usize>,
     ids: AtomicU64,
+    /// Scheduler mode (see [`MockOllama::builder`]); `None` answers every model at once.
+    sim: Option<Arc<sim::Scheduler>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -117,11 +136,25 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Shared {
     fn new() -> Self {
+        Self::with(
+            DEFAULT_MODELS.iter().map(|m| (*m).to_owned()).collect(),
+            DEFAULT_PROMPT_TOKENS,
+            DEFAULT_COMPLETION_FRAMES,
+            None,
+        )
+    }
+
+    fn with(
+        models: Vec<String>,
+        prompt_tokens: u64,
+        completion_frames: usize,
+        sim: Option<Arc<sim::Scheduler>>,
+    ) -> Self {
         Self {
             config: Mutex::new(Config {
-                models: DEFAULT_MODELS.iter().map(|m| (*m).to_owned()).collect(),
-                prompt_tokens: DEFAULT_PROMPT_TOKENS,
-                completion_frames: DEFAULT_COMPLETION_FRAMES,
+                models,
+                prompt_tokens,
+                completion_frames,
                 frame_delay: Duration::ZERO,
             }),
             failures: Mutex::new(Failures::default()),
@@ -133,6 +166,7 @@ impl Shared {
             completed: watch::Sender::new(0),
             in_flight: watch::Sender::new(0),
             ids: AtomicU64::new(1),
+            sim,
         }
     }
 
@@ -142,6 +176,10 @@ impl Shared {
             models: c.models.clone(),
             prompt_tokens: c.prompt_tokens,
             completion_frames: c.completion_frames,
+            loaded: self
+                .sim
+                .as_ref()
+                .map(|sim| sim.stats().borrow().loaded.clone()),
         }
     }
 
@@ -212,20 +250,23 @@ impl fmt::Debug for MockOllama {
 impl MockOllama {
     /// Bind `127.0.0.1:0` and serve on a spawned task.
     pub async fn start() -> Self {
-        let shared = Arc::new(Shared::new());
-        let router = Router::new()
-            .fallback(handle)
-            .with_state(Arc::clone(&shared));
-        let server = Arc::new(ServerHandle::spawn(router).await);
-        Self { shared, server }
+        Self::serve(Shared::new()).await
     }
 
     /// Serve on a chosen address (for the `mock-ollama` binary and the benchmark).
     pub async fn start_on(addr: &str) -> std::io::Result<Self> {
-        let shared = Arc::new(Shared::new());
-        let router = Router::new()
-            .fallback(handle)
-            .with_state(Arc::clone(&shared));
+        Self::serve_on(Shared::new(), addr).await
+    }
+
+    async fn serve(shared: Shared) -> Self {
+        let shared = Arc::new(shared);
+        let server = Arc::new(ServerHandle::spawn(router(&shared)).await);
+        Self { shared, server }
+    }
+
+    async fn serve_on(shared: Shared, addr: &str) -> std::io::Result<Self> {
+        let shared = Arc::new(shared);
+        let router = router(&shared);
         let server = Arc::new(ServerHandle::spawn_on(addr, |_| router).await?);
         Ok(Self { shared, server })
     }
@@ -417,6 +458,12 @@ impl Drop for StreamGate {
 
 // ---------------------------------------------------------------- serving
 
+fn router(shared: &Arc<Shared>) -> Router {
+    Router::new()
+        .fallback(handle)
+        .with_state(Arc::clone(shared))
+}
+
 /// Counts a request as in flight until dropped.
 struct InFlight(Arc<Shared>);
 
@@ -474,7 +521,23 @@ struct FrameStream {
     /// `None` for a non-streaming body cut short by [`Failure::CloseMidStream`].
     track: Option<StreamTrack>,
     finished: bool,
+    /// Scheduler mode: the slot this generation holds and its token pacing.
+    generation: Option<scheduled::Generation>,
     _in_flight: InFlight,
+}
+
+impl FrameStream {
+    /// The last frame is out (or the stream was cut): count it and free the slot.
+    fn finish(&mut self, outcome: Outcome) {
+        self.finished = true;
+        if let Some(track) = self.track.as_mut() {
+            match outcome {
+                Outcome::Completed => track.complete(),
+                Outcome::Aborted | Outcome::Running => track.outcome = outcome,
+            }
+        }
+        self.generation = None;
+    }
 }
 
 type FrameResult = Result<Bytes, std::io::Error>;
@@ -485,10 +548,7 @@ async fn next_frame(mut st: FrameStream) -> Option<(FrameResult, FrameStream)> {
     }
     if st.sent > 0 {
         if st.sent == 1 && st.close_after_first {
-            st.finished = true;
-            if let Some(track) = st.track.as_mut() {
-                track.outcome = Outcome::Aborted;
-            }
+            st.finish(Outcome::Aborted);
             // Let the connection flush the first frame before it is torn down.
             tokio::task::yield_now().await;
             let err = std::io::Error::new(
@@ -505,18 +565,20 @@ async fn next_frame(mut st: FrameStream) -> Option<(FrameResult, FrameStream)> {
             tokio::time::sleep(st.delay).await;
         }
     }
-    let Some(frame) = st.frames.next() else {
-        st.finished = true;
-        if let Some(track) = st.track.as_mut() {
-            track.complete();
-        }
+    if let Some(generation) = &st.generation {
+        generation.pace(st.sent).await;
+    }
+    let Some(mut frame) = st.frames.next() else {
+        st.finish(Outcome::Completed);
         return None;
     };
     st.sent += 1;
-    if st.frames.len() == 0 && !st.close_after_first {
-        st.finished = true;
-        if let Some(track) = st.track.as_mut() {
-            track.complete();
+    if st.frames.len() == 0 {
+        if let Some(generation) = &st.generation {
+            frame = generation.stamp_line(frame);
+        }
+        if !st.close_after_first {
+            st.finish(Outcome::Completed);
         }
     }
     Some((Ok(frame), st))
@@ -537,6 +599,10 @@ const JSON: &str = "application/json; charset=utf-8";
 const TEXT: &str = "text/plain; charset=utf-8";
 
 async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let arrived = Instant::now();
+    if let Some(stats) = scheduled::stats_route(&shared, &request) {
+        return with_content_type(Response::new(Body::from(stats)), JSON);
+    }
     let in_flight = InFlight::enter(&shared);
     let (parts, body) = request.into_parts();
     let body = axum::body::to_bytes(body, BODY_LIMIT)
@@ -574,6 +640,13 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         }
         Some(Failure::CloseMidStream) | None => wire::route(&shared, &parts.method, &path, &body),
     };
+    // Scheduler mode: a generation that would succeed first waits for its model and a
+    // slot (or is refused as busy), then holds the slot while it generates.
+    let (reply, mut generation) =
+        match scheduled::admit(&shared, &parts.method, &path, &body, arrived, reply).await {
+            Ok((reply, generation)) => (reply, generation),
+            Err(refused) => (refused, None),
+        };
     let head_only = parts.method == axum::http::Method::HEAD;
 
     if let Reply::Stream {
@@ -592,6 +665,7 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
                 outcome: Outcome::Running,
             }),
             finished: false,
+            generation,
             _in_flight: in_flight,
         };
         let mut response = with_content_type(Response::new(streamed(st)), content_type);
@@ -606,6 +680,12 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
+    // The whole generation happens before a non-streaming answer; its slot is freed
+    // before the answer leaves, so a client that has it sees the request counted.
+    let reply = match generation.take() {
+        Some(generation) => generation.run_to_end(reply).await,
+        None => reply,
+    };
     let (status, content_type, bytes) = match reply {
         Reply::Json(status, value) => (status, Some(JSON), Bytes::from(value.to_string())),
         Reply::Text(status, text) => (status, Some(TEXT), Bytes::from_static(text.as_bytes())),
@@ -622,6 +702,7 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
             close_after_first: true,
             track: None,
             finished: false,
+            generation: None,
             _in_flight: in_flight,
         })
     } else if head_only {

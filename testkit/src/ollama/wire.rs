@@ -51,6 +51,9 @@ pub(crate) struct Snapshot {
     pub(crate) models: Vec<String>,
     pub(crate) prompt_tokens: u64,
     pub(crate) completion_frames: usize,
+    /// Scheduler mode: the models in memory, which `/api/ps` lists instead of every
+    /// known model.
+    pub(crate) loaded: Option<Vec<String>>,
 }
 
 /// Which error envelope a path speaks.
@@ -437,8 +440,8 @@ fn tags(snap: &Snapshot) -> Reply {
 fn ps(snap: &Snapshot) -> Reply {
     let expires_at =
         (Utc::now() + chrono::Duration::minutes(5)).to_rfc3339_opts(SecondsFormat::Nanos, true);
-    let models: Vec<Value> = snap
-        .models
+    let loaded = snap.loaded.as_ref().unwrap_or(&snap.models);
+    let models: Vec<Value> = loaded
         .iter()
         .map(|m| {
             json!({
