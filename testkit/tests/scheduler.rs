@@ -3,6 +3,12 @@
 //! the simulator's own signal; assertions are on counts and order, never on how long
 //! something took (except lower bounds a sleep guarantees).
 
+#![allow(
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers fail the test the way a test does"
+)]
+
 use std::time::Duration;
 
 use serde_json::{Value, json};
