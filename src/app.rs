@@ -26,6 +26,7 @@ use crate::services::mappings::MappingService;
 use crate::services::proxy::{InFlight, Proxy, ProxyParts, UsageSink};
 use crate::services::spend::SpendService;
 use crate::services::teams::TeamService;
+use crate::services::upstreams::UpstreamService;
 use crate::store::redis::RedisConn;
 use crate::store::shared_cache::SharedCache;
 use crate::store::{SqlStore, Store};
@@ -60,6 +61,8 @@ pub struct App {
     pub limiter: Arc<Limiter>,
     /// The proxy pipeline.
     pub proxy: Proxy,
+    /// The Ollama servers (status, drain).
+    pub upstream: Arc<Upstream>,
     /// Batched usage and spend writer.
     pub spend: SpendRecorder,
     /// Live feed of finished requests (the console's WebSocket).
@@ -74,6 +77,7 @@ pub struct App {
     pub team_service: TeamService,
     pub mapping_service: MappingService,
     pub spend_logs: SpendService,
+    pub upstream_service: UpstreamService,
     /// Owner of every background task.
     tasks: BackgroundTasks,
 }
@@ -186,7 +190,7 @@ impl App {
         let proxy = Proxy::new(ProxyParts {
             authenticator: authenticator.clone(),
             limiter: limiter.clone(),
-            upstream,
+            upstream: upstream.clone(),
             policy: config.upstream.clone(),
             usage: Arc::new(UsageSink {
                 pricing: config.pricing.clone(),
@@ -199,7 +203,6 @@ impl App {
         });
 
         let budgets = Arc::new(BudgetResets::new(store.clone(), invalidator.clone()));
-        budgets.start(&spawner);
 
         Ok(Arc::new(App {
             key_service: KeyService::new(store.clone(), invalidator.clone()),
@@ -208,6 +211,7 @@ impl App {
             mappings,
             limiter,
             spend_logs: SpendService::new(store.clone()),
+            upstream_service: UpstreamService::new(upstream.clone()),
             tickets: TicketStore::new(redis.clone()),
             metrics: crate::telemetry::metrics_handle(),
             stopping: CancellationToken::new(),
@@ -217,6 +221,7 @@ impl App {
             keys,
             authenticator,
             proxy,
+            upstream,
             spend,
             events,
             in_flight,
@@ -224,6 +229,18 @@ impl App {
             tasks,
             config,
         }))
+    }
+
+    /// Starts the jobs a serving instance runs: budget-period resets and, with several
+    /// Ollama servers, their discovery. (An instance that only migrates or is inspected
+    /// runs neither.)
+    pub fn start_jobs(&self) {
+        let spawner = self.tasks.spawner();
+        self.budgets.start(&spawner);
+        if self.upstream.is_fleet() {
+            // One server needs no discovery: there is nothing to choose between.
+            self.upstream.start_discovery(&spawner);
+        }
     }
 
     /// Background tasks still running (0 once [`App::close`] has returned).

@@ -59,6 +59,9 @@ pub enum AppError {
     JwtUnmapped(String),
     #[error("{0}")]
     NotFound(String),
+    /// No Ollama server has the model (SPEC §11 rule 1).
+    #[error("model `{0}` is not available on any server")]
+    ModelNotFound(String),
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("{0}")]
@@ -78,6 +81,9 @@ pub enum AppError {
     UpstreamError,
     #[error("upstream timeout")]
     UpstreamTimeout,
+    /// Every server is busy (queue full or waited too long, or Ollama's "server busy").
+    #[error("the model servers are busy; retry later")]
+    UpstreamBusy { retry_after_s: u64 },
     #[error("limits unavailable")]
     LimitsUnavailable,
     #[error("mapping conflict")]
@@ -110,7 +116,7 @@ impl AppError {
             | Self::ModelNotAllowed(_)
             | Self::JwtPolicyDenied(_)
             | Self::JwtUnmapped(_) => StatusCode::FORBIDDEN,
-            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::NotFound(_) | Self::ModelNotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -121,6 +127,7 @@ impl AppError {
             Self::UpstreamError => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::LimitsUnavailable
+            | Self::UpstreamBusy { .. }
             | Self::MappingConflict
             | Self::AuthUnavailable
             | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -141,6 +148,7 @@ impl AppError {
             Self::JwtPolicyDenied(_) => "jwt_policy_denied",
             Self::JwtUnmapped(_) => "jwt_unmapped",
             Self::NotFound(_) => "not_found",
+            Self::ModelNotFound(_) => "model_not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Conflict(_) => "conflict",
             Self::PayloadTooLarge => "payload_too_large",
@@ -150,6 +158,7 @@ impl AppError {
             Self::UpstreamRejected { .. } => "upstream_rejected",
             Self::UpstreamError => "upstream_error",
             Self::UpstreamTimeout => "upstream_timeout",
+            Self::UpstreamBusy { .. } => "upstream_busy",
             Self::LimitsUnavailable => "limits_unavailable",
             Self::MappingConflict => "mapping_conflict",
             Self::AuthUnavailable => "auth_unavailable",
@@ -182,7 +191,7 @@ impl IntoResponse for AppError {
         let mut response = (status, axum::Json(body)).into_response();
         let headers = response.headers_mut();
         match &self {
-            Self::RateLimited { retry_after_s } => {
+            Self::RateLimited { retry_after_s } | Self::UpstreamBusy { retry_after_s } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_s));
             }
             Self::BudgetExceeded => {

@@ -17,6 +17,7 @@ pub async fn serve(
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    app.start_jobs();
     let grace = Duration::from_secs(app.config.server.shutdown_grace_s);
     let stopping = app.stopping.clone();
     // Small request/response exchanges must not wait on Nagle's algorithm.

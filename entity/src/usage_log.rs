@@ -23,6 +23,8 @@ pub struct Model {
     pub http_status: i32,
     pub started_at: DateTimeUtc,
     pub duration_ms: i64,
+    /// The Ollama server that answered (`upstream.servers[].name`, or `default`).
+    pub server: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -16,6 +16,11 @@ pub enum Capability {
     MappingWrite,
     SpendRead,
     ModelAdmin,
+    /// The Ollama servers' state (`/upstream/status`): proxy admins only, since servers
+    /// belong to no team.
+    UpstreamRead,
+    /// Draining a server: proxy admins only.
+    UpstreamWrite,
 }
 
 impl Capability {

@@ -67,6 +67,7 @@ pub fn load_from(yaml: Option<&str>, env: &HashMap<String, String>) -> Result<Co
     expand_tree(&mut tree, env)?;
     apply_env_overrides(&mut tree, env)?;
     strip_nulls(&mut tree);
+    let url_given = tree.pointer("/upstream/url").is_some();
 
     let config: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
         let path = e.path().to_string();
@@ -81,6 +82,12 @@ pub fn load_from(yaml: Option<&str>, env: &HashMap<String, String>) -> Result<Co
         invalid(&key, inner)
     })?;
     validate(&config)?;
+    if url_given && !config.upstream.servers.is_empty() {
+        return Err(invalid(
+            "upstream.url",
+            "and `upstream.servers` are both set: use `servers` alone for several servers",
+        ));
+    }
     Ok(config)
 }
 
@@ -220,6 +227,7 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
         }
     }
     check_http_url("upstream.url", &c.upstream.url)?;
+    validate_servers(&c.upstream)?;
     if c.upstream.connect_timeout_s == 0 {
         return Err(invalid(
             "upstream.connect_timeout_s",
@@ -271,6 +279,55 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
     Ok(())
 }
 
+fn validate_servers(u: &super::UpstreamConfig) -> Result<(), ConfigError> {
+    let mut seen = std::collections::HashSet::new();
+    for (i, server) in u.servers.iter().enumerate() {
+        let key = format!("upstream.servers[{i}].name");
+        let name = &server.name;
+        let well_formed = (1..=32).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !well_formed {
+            return Err(invalid(
+                &key,
+                format!("`{name}` must be 1-32 characters of a-z, 0-9 and -"),
+            ));
+        }
+        if !seen.insert(name.as_str()) {
+            return Err(invalid(&key, format!("`{name}` is used by two servers")));
+        }
+        check_http_url(&format!("upstream.servers[{i}].url"), &server.url)?;
+        for (field, value) in [
+            ("parallel", server.parallel),
+            ("max_loaded_models", server.max_loaded_models),
+        ] {
+            if value == Some(0) {
+                return Err(invalid(
+                    &format!("upstream.servers[{i}].{field}"),
+                    "must be greater than 0",
+                ));
+            }
+        }
+    }
+    for (key, value) in [
+        ("upstream.parallel", u64::from(u.parallel)),
+        ("upstream.max_loaded_models", u64::from(u.max_loaded_models)),
+        ("upstream.discovery_interval_s", u.discovery_interval_s),
+        (
+            "upstream.eject_after_failures",
+            u64::from(u.eject_after_failures),
+        ),
+        ("upstream.eject_s", u.eject_s),
+        ("upstream.queue_max_depth", u.queue_max_depth),
+    ] {
+        if value == 0 {
+            return Err(invalid(key, "must be greater than 0"));
+        }
+    }
+    Ok(())
+}
+
 fn check_http_url(key: &str, url: &str) -> Result<(), ConfigError> {
     match reqwest::Url::parse(url) {
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
@@ -304,6 +361,75 @@ mod tests {
         assert_eq!(c.upstream.url, "http://127.0.0.1:11434");
         assert!(c.redis.url.is_none());
         assert!(c.server.master_key.is_none());
+    }
+
+    #[test]
+    fn one_url_is_one_server_named_default() {
+        let c = load_from(
+            Some("upstream:\n  url: http://10.0.0.1:11434/\n"),
+            &env(&[]),
+        )
+        .expect("config");
+        let servers = c.upstream.server_specs();
+        assert_eq!(servers.len(), 1);
+        assert_eq!(servers[0].name, "default");
+        assert_eq!(servers[0].url, "http://10.0.0.1:11434");
+        assert_eq!((servers[0].parallel, servers[0].max_loaded_models), (4, 3));
+    }
+
+    #[test]
+    fn servers_take_the_defaults_they_do_not_override() {
+        let c = load_from(
+            Some(
+                "upstream:\n  parallel: 2\n  servers:\n    - { name: gpu-a, url: \"http://a:1\", parallel: 4, max_loaded_models: 2 }\n    - { name: gpu-b, url: \"http://b:1\" }\n",
+            ),
+            &env(&[]),
+        )
+        .expect("config");
+        let s = c.upstream.server_specs();
+        assert_eq!(
+            (s[0].name.as_str(), s[0].parallel, s[0].max_loaded_models),
+            ("gpu-a", 4, 2)
+        );
+        assert_eq!(
+            (s[1].name.as_str(), s[1].parallel, s[1].max_loaded_models),
+            ("gpu-b", 2, 3)
+        );
+    }
+
+    #[test]
+    fn url_and_servers_together_are_refused_naming_both() {
+        let e = err(
+            "upstream:\n  url: http://a:1\n  servers:\n    - { name: a, url: \"http://a:1\" }\n",
+        );
+        assert!(
+            e.contains("upstream.url") && e.contains("upstream.servers"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_or_repeated_server_names_are_refused_naming_them() {
+        for (yaml, named) in [
+            ("- { name: GPU, url: \"http://a:1\" }", "`GPU`"),
+            ("- { name: \"\", url: \"http://a:1\" }", "servers[0].name"),
+            (
+                "- { name: a-very-long-server-name-beyond-32-chars, url: \"http://a:1\" }",
+                "a-very-long",
+            ),
+            (
+                "- { name: a, url: \"http://a:1\" }\n    - { name: a, url: \"http://b:1\" }",
+                "`a` is used by two servers",
+            ),
+            ("- { name: a, url: \"ftp://a\" }", "servers[0].url"),
+            (
+                "- { name: a, url: \"http://a:1\", parallel: 0 }",
+                "servers[0].parallel",
+            ),
+        ] {
+            let e = err(&format!("upstream:\n  servers:\n    {yaml}\n"));
+            assert!(e.contains(named), "{yaml}: {e}");
+        }
     }
 
     #[test]

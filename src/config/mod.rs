@@ -142,21 +142,108 @@ impl Default for CacheConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct UpstreamConfig {
+    /// One server, named `default` (shorthand for `servers`; both set is an error).
     pub url: String,
     pub connect_timeout_s: u64,
     pub admin_routes_require_admin: bool,
     pub allow_keep_alive: bool,
     pub max_num_ctx: Option<u64>,
+    /// Several Ollama servers (SPEC §11) instead of `url`.
+    pub servers: Vec<UpstreamServerConfig>,
+    /// Default per server: requests one loaded model runs at once (`OLLAMA_NUM_PARALLEL`).
+    pub parallel: u32,
+    /// Default per server: models it keeps loaded (`OLLAMA_MAX_LOADED_MODELS`).
+    pub max_loaded_models: u32,
+    /// How often each server's `/api/tags` and `/api/ps` are read.
+    pub discovery_interval_s: u64,
+    /// Consecutive connection failures or 5xx that take a server out of service.
+    pub eject_after_failures: u32,
+    /// How long an ejected server stays out before it is probed.
+    pub eject_s: u64,
+    /// Longest a request waits for a slot (SPEC §12) before 503 `upstream_busy`.
+    pub queue_max_wait_s: u64,
+    /// Requests that may wait at once on this instance; more are 503 at once.
+    pub queue_max_depth: u64,
+    /// `model_aware` (SPEC §11) or `round_robin` (kept for the fleet benchmark's
+    /// comparison; not for production).
+    pub routing: RoutingPolicy,
 }
+
+/// The default upstream when neither `url` nor `servers` is given.
+pub const DEFAULT_UPSTREAM_URL: &str = "http://127.0.0.1:11434";
 
 impl Default for UpstreamConfig {
     fn default() -> Self {
         Self {
-            url: "http://127.0.0.1:11434".into(),
+            url: DEFAULT_UPSTREAM_URL.into(),
             connect_timeout_s: 5,
             admin_routes_require_admin: true,
             allow_keep_alive: false,
             max_num_ctx: None,
+            servers: Vec::new(),
+            parallel: 4,
+            max_loaded_models: 3,
+            discovery_interval_s: 10,
+            eject_after_failures: 3,
+            eject_s: 10,
+            queue_max_wait_s: 30,
+            queue_max_depth: 1000,
+            routing: RoutingPolicy::ModelAware,
+        }
+    }
+}
+
+/// One Ollama server of `upstream.servers`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamServerConfig {
+    /// 1–32 characters of `[a-z0-9-]`, unique.
+    pub name: String,
+    pub url: String,
+    /// Overrides `upstream.parallel` for this server.
+    #[serde(default)]
+    pub parallel: Option<u32>,
+    /// Overrides `upstream.max_loaded_models` for this server.
+    #[serde(default)]
+    pub max_loaded_models: Option<u32>,
+}
+
+/// How requests are spread over the servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoutingPolicy {
+    /// Warm first, loads only where they evict nothing busy, otherwise wait (SPEC §11).
+    #[default]
+    ModelAware,
+    /// Each request to the next server that lists the model, whatever is loaded.
+    RoundRobin,
+}
+
+/// A server with the defaults applied: what the fleet is built from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSpec {
+    pub name: String,
+    pub url: String,
+    pub parallel: u32,
+    pub max_loaded_models: u32,
+}
+
+impl UpstreamConfig {
+    /// The servers to route to: `servers`, or `url` as one server named `default`.
+    pub fn server_specs(&self) -> Vec<ServerSpec> {
+        let spec = |name: &str, url: &str, parallel: Option<u32>, loaded: Option<u32>| ServerSpec {
+            name: name.to_string(),
+            url: url.trim_end_matches('/').to_string(),
+            parallel: parallel.unwrap_or(self.parallel),
+            max_loaded_models: loaded.unwrap_or(self.max_loaded_models),
+        };
+        if self.servers.is_empty() {
+            vec![spec("default", &self.url, None, None)]
+        } else {
+            self.servers
+                .iter()
+                .map(|s| spec(&s.name, &s.url, s.parallel, s.max_loaded_models))
+                .collect()
         }
     }
 }

@@ -6,6 +6,7 @@
 //! - [`keys`], [`teams`], [`mappings`]: management of virtual keys, teams and JWT
 //!   mappings — validation, authorisation per team, storage and cache invalidation.
 //! - [`spend`]: usage queries.
+//! - [`upstreams`]: the Ollama servers' status, drain and undrain.
 //! - [`paging`]: the list routes' shared bounds.
 
 pub mod keys;
@@ -14,3 +15,4 @@ pub mod paging;
 pub mod proxy;
 pub mod spend;
 pub mod teams;
+pub mod upstreams;

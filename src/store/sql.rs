@@ -495,6 +495,7 @@ impl Store for SqlStore {
                 http_status: Set(i32::from(r.http_status)),
                 started_at: Set(r.started_at),
                 duration_ms: Set(i64::try_from(r.duration_ms).unwrap_or(i64::MAX)),
+                server: Set(r.server.clone()),
             });
             usage_log::Entity::insert_many(models)
                 .exec_without_returning(&txn)

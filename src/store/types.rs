@@ -144,6 +144,8 @@ pub struct UsageRow {
     pub http_status: u16,
     pub started_at: DateTime<Utc>,
     pub duration_ms: u64,
+    /// The Ollama server that answered (SPEC §11); null when none did.
+    pub server: Option<String>,
 }
 
 /// Limits and attributes shared by key creation and update.
@@ -309,6 +311,7 @@ impl From<entity::usage_log::Model> for UsageRow {
             http_status: u16::try_from(m.http_status).unwrap_or(0),
             started_at: m.started_at,
             duration_ms: u64::try_from(m.duration_ms).unwrap_or(0),
+            server: m.server,
         }
     }
 }

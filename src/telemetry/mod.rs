@@ -19,6 +19,27 @@ pub const CACHE_LOOKUPS: &str = "tollgate_cache_lookups_total";
 pub const STREAMS_IN_FLIGHT: &str = "tollgate_streams_in_flight";
 pub const USAGE_ROWS: &str = "tollgate_usage_rows_written_total";
 pub const LIMITER_FALLBACKS: &str = "tollgate_limiter_fallbacks_total";
+pub const UPSTREAM_REQUESTS: &str = "tollgate_upstream_requests_total";
+pub const UPSTREAM_FAILURES: &str = "tollgate_upstream_failures_total";
+pub const UPSTREAM_MODEL_LOADS: &str = "tollgate_upstream_model_loads_total";
+pub const UPSTREAM_STATE: &str = "tollgate_upstream_state";
+pub const UPSTREAM_IN_FLIGHT: &str = "tollgate_upstream_in_flight";
+pub const QUEUE_DEPTH: &str = "tollgate_queue_depth";
+pub const QUEUE_WAIT_SECONDS: &str = "tollgate_queue_wait_seconds";
+pub const QUEUE_TIMEOUTS: &str = "tollgate_queue_timeouts_total";
+
+/// The queue's depth now (SPEC §12).
+pub fn queue_depth(depth: usize) {
+    metrics::gauge!(QUEUE_DEPTH).set(depth as f64);
+}
+
+/// One request's time in the queue, and whether it got a slot.
+pub fn queue_wait(waited: std::time::Duration, granted: bool) {
+    metrics::histogram!(QUEUE_WAIT_SECONDS).record(waited.as_secs_f64());
+    if !granted {
+        metrics::counter!(QUEUE_TIMEOUTS).increment(1);
+    }
+}
 
 /// Installs the global tracing subscriber. `RUST_LOG` wins over `log.level`.
 ///

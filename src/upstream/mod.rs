@@ -1,20 +1,35 @@
-//! `Upstream`: the Ollama server tollgate forwards to, and the pooled client that talks
-//! to it.
+//! `Upstream`: the Ollama servers tollgate forwards to (SPEC §11), the pooled client
+//! that talks to them, and where each request goes.
 //!
-//! The proxy pipeline hands it a [`UpstreamRequest`] (method, path, the headers it may
-//! pass on, the body) and gets the response head back with its body still streaming.
-//! This module owns the connection pool, the timeouts and the upstream's base URL, so
-//! that routing to several servers can grow here without the pipeline changing.
+//! - [`fleet`]: what is known of every server (models listed and loaded, requests in
+//!   flight, health) and the fair queue of requests waiting for a slot.
+//! - [`routing`]: the rules that pick a server for a model, as a pure function.
+//! - [`discovery`]: the background reads of `/api/tags` and `/api/ps`, and the probes
+//!   that readmit an ejected server.
+//! - [`lists`]: `/api/tags`, `/api/ps` and `/v1/models` merged across servers.
+//!
+//! The proxy pipeline asks for a [`Lease`] (a slot on a server for a model), sends an
+//! [`UpstreamRequest`] to the leased server and holds the lease until the response has
+//! ended. It never sees a server's URL.
 
+pub mod discovery;
+pub mod fleet;
+pub mod lists;
+pub mod routing;
+
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, Method};
 use bytes::Bytes;
 
+pub use fleet::{Fleet, ServerState, ServerStatus, Tenant, canonical_model};
+
 use crate::config::Config;
+use fleet::{Admission, FleetSettings, Refusal};
 
 /// What the pipeline sends: everything checked, the body rewritten where policy says.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct UpstreamRequest {
     pub method: Method,
     /// The caller's path and query, forwarded as they are.
@@ -23,21 +38,103 @@ pub struct UpstreamRequest {
     pub body: Bytes,
 }
 
-/// Why nothing usable came back.
+/// Why nothing usable came back from a server.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
     /// `server.request_timeout_s` passed.
     #[error("upstream timeout")]
     Timeout,
-    /// Connection refused or reset, TLS, or a malformed response head.
+    /// Refused or reset before any response byte: safe to try another server.
+    #[error("upstream not reached: {0}")]
+    Undelivered(#[source] reqwest::Error),
+    /// Anything else (a malformed response head, TLS after connect).
     #[error("upstream request failed: {0}")]
     Failed(#[source] reqwest::Error),
 }
 
-/// The pooled HTTP client for Ollama and its base URL.
+/// Why no server could take a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteError {
+    /// No server lists the model.
+    ModelNotFound,
+    /// The servers that list it are out of service, or were all tried.
+    Unavailable,
+    /// Waited `queue_max_wait_s`, or `queue_max_depth` were already waiting.
+    Busy,
+}
+
+/// A slot on one server for one model, held while the request runs there; dropping it
+/// frees the slot (and wakes the next waiter).
+pub struct Lease {
+    fleet: Arc<Fleet>,
+    server: usize,
+    name: Arc<str>,
+    model: String,
+    started: Instant,
+    loads: bool,
+    /// How long the load took: Ollama's `load_duration` when the response reported it,
+    /// else the wait for the response head.
+    load_took: Option<Duration>,
+    head_after: Option<Duration>,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("server", &self.name)
+            .field("model", &self.model)
+            .finish()
+    }
+}
+
+impl Lease {
+    pub fn server(&self) -> usize {
+        self.server
+    }
+
+    pub fn server_name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// Whether this request starts a load of its model on the server.
+    pub fn loads(&self) -> bool {
+        self.loads
+    }
+
+    /// Ollama's own `load_duration` for this request (final frame).
+    pub fn report_load(&mut self, took: Duration) {
+        if self.loads {
+            self.load_took = Some(took);
+        }
+    }
+
+    /// The response head arrived: until then a loading request was waiting for the load.
+    fn head_arrived(&mut self) {
+        self.head_after
+            .get_or_insert_with(|| self.started.elapsed());
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let load = if self.loads {
+            self.load_took.or(self.head_after)
+        } else {
+            None
+        };
+        self.fleet
+            .release(self.server, &self.model, self.started.elapsed(), load);
+    }
+}
+
+/// The servers, the client and the queue bounds.
 pub struct Upstream {
     client: reqwest::Client,
-    base: String,
+    fleet: Arc<Fleet>,
+    names: Vec<Arc<str>>,
+    bases: Vec<String>,
+    queue_max_wait: Duration,
+    discovery_every: Duration,
 }
 
 impl Upstream {
@@ -50,21 +147,134 @@ impl Upstream {
             .tcp_nodelay(true)
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
+        let u = &config.upstream;
+        let specs = u.server_specs();
+        let names = specs.iter().map(|s| Arc::from(s.name.as_str())).collect();
+        let bases = specs.iter().map(|s| s.url.clone()).collect();
+        let fleet = Arc::new(Fleet::new(
+            specs,
+            FleetSettings {
+                policy: u.routing,
+                single: u.servers.is_empty(),
+                eject_after_failures: u.eject_after_failures,
+                eject_for: Duration::from_secs(u.eject_s),
+                queue_max_depth: usize::try_from(u.queue_max_depth).unwrap_or(usize::MAX),
+            },
+        ));
         Ok(Self {
             client,
-            base: config.upstream.url.trim_end_matches('/').to_string(),
+            fleet,
+            names,
+            bases,
+            queue_max_wait: Duration::from_secs(u.queue_max_wait_s),
+            discovery_every: Duration::from_secs(u.discovery_interval_s),
         })
     }
 
-    /// Sends the request; resolves with the response head, its body still streaming.
-    /// `route` labels the upstream latency histogram.
+    pub fn fleet(&self) -> &Arc<Fleet> {
+        &self.fleet
+    }
+
+    /// More than one server: lists are merged and admin routes need a server named.
+    pub fn is_fleet(&self) -> bool {
+        self.names.len() > 1
+    }
+
+    pub fn server_name(&self, server: usize) -> Option<&Arc<str>> {
+        self.names.get(server)
+    }
+
+    /// The server called `name` (for admin routes' `X-Tollgate-Server`).
+    pub fn server_named(&self, name: &str) -> Option<usize> {
+        self.names.iter().position(|n| &**n == name)
+    }
+
+    /// A server for a request about `model` that holds no slot (`/api/show`,
+    /// `/v1/models/{model}`), not in `exclude`.
+    pub fn listing(&self, model: &str, exclude: &[usize]) -> Result<usize, RouteError> {
+        self.fleet
+            .pick_listing(model, exclude)
+            .map_err(|r| match r {
+                Refusal::NotFound => RouteError::ModelNotFound,
+                Refusal::Unavailable | Refusal::QueueFull => RouteError::Unavailable,
+            })
+    }
+
+    /// A server in service, for requests about no model (`/api/version`): the first,
+    /// or the only one.
+    pub fn any_in_service(&self) -> Option<usize> {
+        self.fleet.in_service().first().copied()
+    }
+
+    /// A slot for `model` (canonical) on a server not in `exclude`: at once, or after
+    /// waiting in the fair queue for up to `queue_max_wait_s`. A caller that goes away
+    /// while waiting (the future is dropped) leaves the queue at once.
+    pub async fn lease(
+        &self,
+        tenant: &Tenant,
+        model: &str,
+        exclude: &[usize],
+    ) -> Result<Lease, RouteError> {
+        let claim = match self.fleet.admit(tenant, model, exclude) {
+            Ok(Admission::Claimed(claim)) => claim,
+            Ok(Admission::Queued(rx, id)) => {
+                let mut seat = QueueSeat {
+                    fleet: &self.fleet,
+                    tenant,
+                    model,
+                    id,
+                    rx,
+                };
+                let started = Instant::now();
+                crate::telemetry::queue_depth(self.fleet.queued());
+                let granted = tokio::time::timeout(self.queue_max_wait, &mut seat.rx).await;
+                drop(seat);
+                crate::telemetry::queue_wait(started.elapsed(), granted.is_ok());
+                crate::telemetry::queue_depth(self.fleet.queued());
+                match granted {
+                    Ok(Ok(claim)) => claim,
+                    _ => return Err(RouteError::Busy),
+                }
+            }
+            Err(Refusal::NotFound) => return Err(RouteError::ModelNotFound),
+            Err(Refusal::Unavailable) => return Err(RouteError::Unavailable),
+            Err(Refusal::QueueFull) => return Err(RouteError::Busy),
+        };
+        let name = self
+            .names
+            .get(claim.server)
+            .cloned()
+            .unwrap_or_else(|| Arc::from("-"));
+        if claim.loads {
+            metrics::counter!(crate::telemetry::UPSTREAM_MODEL_LOADS,
+                "server" => name.to_string(), "model" => model.to_string())
+            .increment(1);
+        }
+        Ok(Lease {
+            fleet: self.fleet.clone(),
+            server: claim.server,
+            name,
+            model: model.to_string(),
+            started: Instant::now(),
+            loads: claim.loads,
+            load_took: None,
+            head_after: None,
+        })
+    }
+
+    /// Sends the request to `server`; resolves with the response head, its body still
+    /// streaming. Counts the outcome towards the server's health: a connection failure
+    /// or a 5xx other than Ollama's "server busy" is a failure.
     pub async fn send(
         &self,
+        server: usize,
+        lease: Option<&mut Lease>,
         route: &'static str,
         request: UpstreamRequest,
     ) -> Result<reqwest::Response, SendError> {
-        let mut url = String::with_capacity(self.base.len() + request.path_and_query.len());
-        url.push_str(&self.base);
+        let base = self.bases.get(server).map_or("", String::as_str);
+        let mut url = String::with_capacity(base.len() + request.path_and_query.len());
+        url.push_str(base);
         url.push_str(&request.path_and_query);
         let started = Instant::now();
         let sent = self
@@ -74,14 +284,92 @@ impl Upstream {
             .body(request.body)
             .send()
             .await;
+        let name = self.names.get(server).map_or("-", |n| &**n);
         metrics::histogram!(crate::telemetry::UPSTREAM_SECONDS, "route" => route)
             .record(started.elapsed().as_secs_f64());
-        sent.map_err(|e| {
-            if e.is_timeout() {
-                SendError::Timeout
-            } else {
-                SendError::Failed(e)
+        metrics::counter!(crate::telemetry::UPSTREAM_REQUESTS, "server" => name.to_string())
+            .increment(1);
+        if let Some(lease) = lease {
+            lease.head_arrived();
+        }
+        match sent {
+            Ok(response) => {
+                let status = response.status();
+                if status.is_server_error() && status.as_u16() != 503 {
+                    self.failed(server);
+                } else if status.as_u16() != 503 {
+                    self.fleet.record_success(server);
+                }
+                Ok(response)
             }
-        })
+            Err(e) if e.is_timeout() => Err(SendError::Timeout),
+            Err(e) => {
+                self.failed(server);
+                if e.is_connect() || e.is_request() {
+                    Err(SendError::Undelivered(e))
+                } else {
+                    Err(SendError::Failed(e))
+                }
+            }
+        }
+    }
+
+    fn failed(&self, server: usize) {
+        let name = self.names.get(server).map_or("-", |n| &**n);
+        metrics::counter!(crate::telemetry::UPSTREAM_FAILURES, "server" => name.to_string())
+            .increment(1);
+        self.fleet.record_failure(server);
+    }
+
+    /// Starts discovery: each server's lists at once (without delaying start-up), then
+    /// every `discovery_interval_s`; probes of ejected servers on the same beat.
+    pub fn start_discovery(self: &Arc<Self>, tasks: &crate::tasks::TaskSpawner) {
+        discovery::start(self.clone(), self.discovery_every, tasks);
+    }
+
+    /// `GET path` on one server, whole body (small documents: lists, version).
+    async fn get_json(&self, server: usize, path: &str) -> Option<serde_json::Value> {
+        let base = self.bases.get(server)?;
+        let response = self
+            .client
+            .get(format!("{base}{path}"))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await;
+        match response {
+            Ok(r) if r.status().is_success() => {
+                self.fleet.record_success(server);
+                r.json().await.ok()
+            }
+            Ok(r) => {
+                if r.status().is_server_error() {
+                    self.failed(server);
+                }
+                None
+            }
+            Err(_) => {
+                self.failed(server);
+                None
+            }
+        }
+    }
+}
+
+/// A place in the queue; leaving it (timeout, disconnect, grant) removes it, and a slot
+/// granted in the instant before is handed back rather than lost.
+struct QueueSeat<'a> {
+    fleet: &'a Fleet,
+    tenant: &'a Tenant,
+    model: &'a str,
+    id: u64,
+    rx: tokio::sync::oneshot::Receiver<fleet::Claim>,
+}
+
+impl Drop for QueueSeat<'_> {
+    fn drop(&mut self) {
+        self.fleet.leave_queue(self.tenant, self.id);
+        if let Ok(claim) = self.rx.try_recv() {
+            self.fleet.return_claim(claim, self.model);
+        }
     }
 }

@@ -18,6 +18,8 @@ pub struct RequestEvent {
     pub team_id: Option<String>,
     pub model: Option<String>,
     pub route: String,
+    /// The Ollama server that answered, if one did.
+    pub server: Option<String>,
     pub status: RequestStatus,
     pub http_status: u16,
     pub prompt_tokens: u64,

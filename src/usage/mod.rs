@@ -211,6 +211,7 @@ mod tests {
             http_status: 200,
             started_at: chrono::Utc::now(),
             duration_ms: 1,
+            server: None,
         }
     }
 

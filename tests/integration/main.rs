@@ -21,6 +21,7 @@ mod support;
 mod cli;
 mod clients;
 mod console;
+mod fleet;
 mod foundation;
 mod invalidation;
 mod jwt;

@@ -7,6 +7,7 @@ mod keys;
 mod mappings;
 mod spend;
 mod teams;
+mod upstream;
 
 use std::sync::Arc;
 
@@ -42,6 +43,9 @@ pub(crate) fn routes() -> Vec<(Capability, UtoipaMethodRouter<Arc<App>>)> {
         (MappingRead, routes!(mappings::info)),
         (MappingRead, routes!(mappings::list)),
         (SpendRead, routes!(spend::logs)),
+        (UpstreamRead, routes!(upstream::status)),
+        (UpstreamWrite, routes!(upstream::drain)),
+        (UpstreamWrite, routes!(upstream::undrain)),
     ]
 }
 

@@ -218,6 +218,7 @@ mod tests {
             team_id: None,
             model: Some("llama3.1:8b".into()),
             route: "/api/chat".into(),
+            server: Some("gpu-a".into()),
             status: crate::store::RequestStatus::Success,
             http_status: 200,
             prompt_tokens: 3,

@@ -44,6 +44,9 @@ pub struct UsageTicket {
     pub started: Instant,
     /// The limiter's claim, settled with the real usage when the request ends.
     pub permit: Option<crate::limits::Permit>,
+    /// The server that answered, and the slot held there until the response ends.
+    pub server: Option<Arc<str>>,
+    pub lease: Option<crate::upstream::Lease>,
     /// Set once the row is recorded; a ticket dropped before that records `cancelled`.
     pub recorded: bool,
 }
@@ -61,6 +64,8 @@ impl UsageTicket {
             sink.limiter
                 .settle(permit, tokens.prompt + tokens.completion, spend);
         }
+        // The server's slot is free again; the next waiter may have it.
+        drop(self.lease.take());
         let duration = self.started.elapsed();
         metrics::histogram!(crate::telemetry::REQUEST_SECONDS, "route" => self.route)
             .record(duration.as_secs_f64());
@@ -75,6 +80,7 @@ impl UsageTicket {
             team_id: self.team_id.clone(),
             model: self.model.clone(),
             route: self.route.to_string(),
+            server: self.server.as_deref().map(str::to_string),
             status,
             http_status: self.http_status,
             prompt_tokens: tokens.prompt,
@@ -97,6 +103,7 @@ impl UsageTicket {
                 http_status: self.http_status,
                 started_at: self.started_at,
                 duration_ms: latency_ms,
+                server: self.server.as_deref().map(str::to_string),
             },
             self.label.clone(),
         );
@@ -150,6 +157,10 @@ impl MeteredBody {
     }
 
     fn finish(&mut self, status: RequestStatus) {
+        if let (Some(lease), Some(ns)) = (self.ticket.lease.as_mut(), self.scanner.load_duration_ns)
+        {
+            lease.report_load(std::time::Duration::from_nanos(ns));
+        }
         self.ticket.finish(status, self.scanner.tokens);
     }
 }

@@ -21,8 +21,17 @@ pub async fn filtered(
     if body.len() > MAX_LIST_BYTES {
         return Err(AppError::UpstreamError);
     }
-    let mut value: serde_json::Value =
+    let value: serde_json::Value =
         serde_json::from_slice(&body).map_err(|_| AppError::UpstreamError)?;
+    Ok(axum::Json(filter_value(value, kind, patterns)).into_response())
+}
+
+/// Keeps the entries of a model list the caller may use.
+pub fn filter_value(
+    mut value: serde_json::Value,
+    kind: Kind,
+    patterns: &[String],
+) -> serde_json::Value {
     let (array_field, name_fields): (&str, &[&str]) = match kind {
         Kind::OpenAiList => ("data", &["id"]),
         _ => ("models", &["name", "model"]),
@@ -35,5 +44,5 @@ pub async fn filtered(
                 .any(|name| model_allowed(patterns, name))
         });
     }
-    Ok(axum::Json(value).into_response())
+    value
 }

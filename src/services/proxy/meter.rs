@@ -38,6 +38,9 @@ struct NativeCounts {
     prompt_eval_count: Option<u64>,
     #[serde(default)]
     eval_count: Option<u64>,
+    /// Nanoseconds Ollama spent loading the model for this request (final frame).
+    #[serde(default)]
+    load_duration: Option<u64>,
     #[serde(default)]
     usage: Option<UsageObject>,
 }
@@ -79,6 +82,9 @@ pub struct Scanner {
     pub tokens: Tokens,
     /// Set when the stream's terminal frame (`done`, `[DONE]`) was seen.
     pub saw_end: bool,
+    /// Ollama's `load_duration` from the final frame (native routes), in nanoseconds:
+    /// how routing learns what a load of this model costs.
+    pub load_duration_ns: Option<u64>,
 }
 
 /// Whole-body responses larger than this are passed through without counting.
@@ -91,6 +97,7 @@ impl Scanner {
             buf: BytesMut::new(),
             tokens: Tokens::default(),
             saw_end: false,
+            load_duration_ns: None,
         }
     }
 
@@ -176,6 +183,9 @@ impl Scanner {
             if let Some(c) = counts.eval_count {
                 self.tokens.completion = c;
             }
+            if counts.load_duration.is_some() {
+                self.load_duration_ns = counts.load_duration;
+            }
             if let Some(u) = counts.usage {
                 self.apply_usage(&u);
             }
@@ -234,6 +244,9 @@ impl Scanner {
             }
             if let Some(c) = counts.eval_count {
                 self.tokens.completion = c;
+            }
+            if counts.load_duration.is_some() {
+                self.load_duration_ns = counts.load_duration;
             }
         }
     }
@@ -304,6 +317,19 @@ mod tests {
             }
         );
         assert!(out.ends_with("\"eval_count\":3}\n"));
+    }
+
+    #[test]
+    fn ndjson_final_frame_load_duration_is_read() {
+        let mut s = Scanner::new(Framing::Lines);
+        feed_all(
+            &mut s,
+            &[
+                "{\"done\":false}\n",
+                "{\"done\":true,\"load_duration\":3000000000,\"eval_count\":2}\n",
+            ],
+        );
+        assert_eq!(s.load_duration_ns, Some(3_000_000_000));
     }
 
     #[test]

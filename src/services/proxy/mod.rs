@@ -15,7 +15,7 @@ use std::time::Instant;
 use axum::body::Body;
 use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -30,7 +30,10 @@ use crate::error::AppError;
 use crate::limits::{Demand, LimitError, Limiter, Permit, Refusal, Subject};
 use crate::request_id::RequestId;
 use crate::store::RequestStatus;
-use crate::upstream::{SendError, Upstream, UpstreamRequest};
+use crate::upstream::lists::ListKind;
+use crate::upstream::{
+    Lease, RouteError, SendError, Tenant, Upstream, UpstreamRequest, canonical_model,
+};
 use crate::usage::{EventFeed, RequestEvent};
 
 /// Counts proxied responses still streaming, so shutdown can wait for them.
@@ -80,9 +83,94 @@ const FORWARDED_REQUEST_HEADERS: &[HeaderName] =
 /// and holds its limiter permit, ready to send.
 struct Prepared {
     request: UpstreamRequest,
+    target: Target,
     facts: inspect::RequestFacts,
     model: Option<String>,
     permit: Option<Permit>,
+}
+
+/// Where a request goes (SPEC §11).
+#[derive(Debug)]
+enum Target {
+    /// A generation or an embedding: a slot for the model (canonical name) on a server.
+    Slot(String),
+    /// About a model but holding no slot (`/api/show`, `/v1/models/{model}`): a server
+    /// that lists it, warm first.
+    Listing(String),
+    /// A model list, merged across servers.
+    Merged(ListKind),
+    /// One server: the one named by `X-Tollgate-Server`, the only one, or any in service.
+    Server(usize),
+}
+
+/// What came back from the upstream, with the server that answered and the slot held
+/// there until the response has ended.
+struct Delivered {
+    answer: Answer,
+    server: Option<Arc<str>>,
+    lease: Option<Lease>,
+}
+
+enum Answer {
+    Response(reqwest::Response),
+    Merged(serde_json::Value),
+    Failed(SendError),
+    /// The server answered with an error of its own (a 5xx).
+    Rejected(AppError),
+}
+
+impl Delivered {
+    fn merged(value: serde_json::Value) -> Self {
+        Self {
+            answer: Answer::Merged(value),
+            server: None,
+            lease: None,
+        }
+    }
+
+    fn from(
+        answer: Result<reqwest::Response, SendError>,
+        server: Option<&Arc<str>>,
+        lease: Option<Lease>,
+    ) -> Self {
+        Self {
+            answer: match answer {
+                Ok(r) => Answer::Response(r),
+                Err(e) => Answer::Failed(e),
+            },
+            server: server.cloned(),
+            lease,
+        }
+    }
+}
+
+/// Where one attempt goes: a slot, or a server that lists the model.
+enum Place {
+    Slot(Lease),
+    Server(usize),
+}
+
+/// The header that names a server for Ollama's admin routes.
+pub const SERVER_HEADER: &str = "x-tollgate-server";
+
+/// Who waits in whose line (SPEC §12): a virtual key (a JWT mapped to a key is that
+/// key), a `fallback` JWT's team, the admins.
+fn tenant_of(caller: &auth::Caller) -> Tenant {
+    if caller.is_admin() {
+        return Arc::from("admin");
+    }
+    if let Some(key) = &caller.key {
+        return Arc::from(format!("key:{}", key.key_id));
+    }
+    match (&caller.team_id, &caller.user_id) {
+        (Some(team), _) => Arc::from(format!("team:{team}")),
+        (None, Some(user)) => Arc::from(format!("user:{user}")),
+        (None, None) => Arc::from(format!("caller:{}", caller.label)),
+    }
+}
+
+fn busy_error() -> AppError {
+    AppError::UpstreamBusy { retry_after_s: 1 }
 }
 
 /// The proxy pipeline: authenticate, check (SPEC §5.2), admit, send, meter.
@@ -155,6 +243,17 @@ impl Proxy {
             }
         };
 
+        let delivered = match self.deliver(&caller, spec, &prepared).await {
+            Ok(delivered) => delivered,
+            Err(err) => {
+                // Nothing was sent, or nothing could be: the request consumed nothing.
+                if let Some(permit) = prepared.permit {
+                    self.limiter.settle(permit, 0, 0.0);
+                }
+                self.publish_refusal(&caller, spec, &request_id, started, &err);
+                return Err(err);
+            }
+        };
         let mut ticket = UsageTicket {
             sink: self.usage.clone(),
             request_id,
@@ -168,14 +267,33 @@ impl Proxy {
             started_at,
             started,
             permit: prepared.permit,
+            server: delivered.server,
+            lease: delivered.lease,
             recorded: false,
         };
-        let upstream = match self.upstream.send(spec.path, prepared.request).await {
-            Ok(r) => r,
-            Err(e) => {
+        let upstream = match delivered.answer {
+            Answer::Response(r) => r,
+            Answer::Merged(value) => {
+                ticket.http_status = 200;
+                let patterns = access::model_patterns(&caller);
+                let value = match patterns {
+                    Some(patterns) => lists::filter_value(value, spec.kind, patterns),
+                    None => value,
+                };
+                ticket.finish(RequestStatus::Success, Default::default());
+                return Ok(axum::Json(value).into_response());
+            }
+            Answer::Rejected(err) => {
+                ticket.http_status = err.status().as_u16();
+                ticket.finish(RequestStatus::Error, Default::default());
+                return Err(err);
+            }
+            Answer::Failed(e) => {
                 let (status, err) = match &e {
                     SendError::Timeout => (504, AppError::UpstreamTimeout),
-                    SendError::Failed(_) => (502, AppError::UpstreamError),
+                    SendError::Failed(_) | SendError::Undelivered(_) => {
+                        (502, AppError::UpstreamError)
+                    }
                 };
                 tracing::warn!(error = %e, "upstream request failed");
                 ticket.http_status = status;
@@ -250,6 +368,103 @@ impl Proxy {
             .map_err(AppError::internal)
     }
 
+    /// Sends the request where SPEC §11 says: a slot on a server for a model (waiting
+    /// in the fair queue if need be), a server that lists the model, the servers' merged
+    /// lists, or one named server. A request that could not be delivered — refused or
+    /// reset before any response byte, or Ollama's 503 "server busy" — moves to the next
+    /// candidate, at most once per server. An error here means nothing was delivered.
+    async fn deliver(
+        &self,
+        caller: &auth::Caller,
+        spec: &'static RouteSpec,
+        prepared: &Prepared,
+    ) -> Result<Delivered, AppError> {
+        let upstream = &*self.upstream;
+        let model = match &prepared.target {
+            Target::Merged(kind) => {
+                return match upstream.merged_list(spec.path, *kind).await {
+                    Some(value) => Ok(Delivered::merged(value)),
+                    None => Err(AppError::UpstreamError),
+                };
+            }
+            Target::Server(server) => {
+                let answer = upstream
+                    .send(*server, None, spec.path, prepared.request.clone())
+                    .await;
+                return Ok(Delivered::from(answer, upstream.server_name(*server), None));
+            }
+            Target::Listing(model) | Target::Slot(model) => model,
+        };
+        let holds_slot = matches!(prepared.target, Target::Slot(_));
+        let tenant = tenant_of(caller);
+        let mut tried = Vec::new();
+        let mut busy = false;
+        loop {
+            let place = if holds_slot {
+                upstream
+                    .lease(&tenant, model, &tried)
+                    .await
+                    .map(Place::Slot)
+            } else {
+                upstream.listing(model, &tried).map(Place::Server)
+            };
+            let mut lease = match place {
+                Ok(Place::Slot(lease)) => Some(lease),
+                Ok(Place::Server(server)) => {
+                    let answer = upstream
+                        .send(server, None, spec.path, prepared.request.clone())
+                        .await;
+                    if let Err(SendError::Undelivered(e)) = &answer {
+                        tracing::warn!(error = %e, "upstream not reached; trying another server");
+                        tried.push(server);
+                        continue;
+                    }
+                    return Ok(Delivered::from(answer, upstream.server_name(server), None));
+                }
+                Err(RouteError::ModelNotFound) => {
+                    return Err(AppError::ModelNotFound(model.clone()));
+                }
+                Err(RouteError::Busy) => return Err(busy_error()),
+                Err(RouteError::Unavailable) if busy || tried.is_empty() => {
+                    return Err(busy_error());
+                }
+                Err(RouteError::Unavailable) => return Err(AppError::UpstreamError),
+            };
+            let Some(lease_ref) = lease.as_mut() else {
+                continue;
+            };
+            let server = lease_ref.server();
+            let name = lease_ref.server_name().clone();
+            let answer = upstream
+                .send(server, Some(lease_ref), spec.path, prepared.request.clone())
+                .await;
+            match answer {
+                Err(SendError::Undelivered(e)) => {
+                    tracing::warn!(server = %name, error = %e, "upstream not reached; trying another server");
+                    tried.push(server);
+                }
+                Ok(response) if response.status() == StatusCode::SERVICE_UNAVAILABLE => {
+                    // Ollama's "server busy": busy, not broken. Anything else a 503 says
+                    // is an error of that server.
+                    let body = response.bytes().await.unwrap_or_default();
+                    if memchr::memmem::find(&body, b"server busy").is_none() {
+                        upstream.fleet().record_failure(server);
+                        tracing::warn!(server = %name, "upstream server error (503)");
+                        return Ok(Delivered {
+                            answer: Answer::Rejected(AppError::UpstreamError),
+                            server: Some(name),
+                            lease,
+                        });
+                    }
+                    tracing::debug!(server = %name, "upstream busy; trying another server");
+                    busy = true;
+                    tried.push(server);
+                }
+                other => return Ok(Delivered::from(other, Some(&name), lease)),
+            }
+        }
+    }
+
     /// Checks 2–7 in order; the first that fails refuses the request, which then consumes
     /// nothing.
     async fn prepare(
@@ -276,6 +491,7 @@ impl Proxy {
                 .trim_start_matches("/v1/models/")
                 .to_string()
         });
+        let named_server = self.named_server(spec, req.headers())?;
         let mut headers = HeaderMap::new();
         for name in FORWARDED_REQUEST_HEADERS {
             if let Some(v) = req.headers().get(name) {
@@ -299,6 +515,7 @@ impl Proxy {
         if let Some(m) = &model {
             access::check_model(caller, m)?;
         }
+        let target = self.target(spec, model.as_deref(), named_server)?;
 
         let permit = self.admit(caller, &facts, model.as_deref()).await?;
         Ok(Prepared {
@@ -308,10 +525,75 @@ impl Proxy {
                 headers,
                 body,
             },
+            target,
             facts,
             model,
             permit,
         })
+    }
+
+    /// `X-Tollgate-Server` on Ollama's admin routes: required with several servers
+    /// (400 naming it when missing), 404 for a name no server has.
+    fn named_server(
+        &self,
+        spec: &'static RouteSpec,
+        headers: &HeaderMap,
+    ) -> Result<Option<usize>, AppError> {
+        if !spec.admin_only {
+            return Ok(None);
+        }
+        let upstream = &self.upstream;
+        match headers.get(SERVER_HEADER).map(HeaderValue::to_str) {
+            Some(Ok(name)) => upstream
+                .server_named(name.trim())
+                .map(Some)
+                .ok_or_else(|| AppError::NotFound(format!("no server named `{}`", name.trim()))),
+            Some(Err(_)) => Err(AppError::invalid(
+                "header `X-Tollgate-Server` is not a server name",
+            )),
+            None if upstream.is_fleet() => Err(AppError::invalid(
+                "header `X-Tollgate-Server` must name the server for this route",
+            )),
+            None => Ok(Some(0)),
+        }
+    }
+
+    /// Where the request goes; a model no server has is 404 here, before admission.
+    fn target(
+        &self,
+        spec: &'static RouteSpec,
+        model: Option<&str>,
+        named_server: Option<usize>,
+    ) -> Result<Target, AppError> {
+        let upstream = &self.upstream;
+        if let Some(server) = named_server {
+            return Ok(Target::Server(server));
+        }
+        let target = match (spec.kind, model) {
+            (Kind::NativeList, _) if upstream.is_fleet() => Target::Merged(ListKind::Native),
+            (Kind::OpenAiList, _) if upstream.is_fleet() => Target::Merged(ListKind::OpenAi),
+            (Kind::ModelOnly | Kind::OpenAiModel, Some(m)) if spec.path != "/api/embeddings" => {
+                Target::Listing(canonical_model(m))
+            }
+            (
+                Kind::NativeGenerate
+                | Kind::NativeEmbed
+                | Kind::OpenAiCompletion
+                | Kind::OpenAiOther
+                | Kind::ModelOnly,
+                Some(m),
+            ) => Target::Slot(canonical_model(m)),
+            _ => match upstream.any_in_service() {
+                Some(server) => Target::Server(server),
+                None => return Err(busy_error()),
+            },
+        };
+        if let Target::Slot(m) | Target::Listing(m) = &target
+            && !upstream.fleet().lists_anywhere(m)
+        {
+            return Err(AppError::ModelNotFound(m.clone()));
+        }
+        Ok(target)
     }
 
     /// A refused request has no usage row (it consumed nothing) but is shown on the live
@@ -332,6 +614,7 @@ impl Proxy {
             team_id: caller.team_id.clone(),
             model: None,
             route: spec.path.to_string(),
+            server: None,
             status: RequestStatus::Refused,
             http_status: err.status().as_u16(),
             prompt_tokens: 0,

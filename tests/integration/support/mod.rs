@@ -70,6 +70,12 @@ pub const INTERNALS: &[&str] = &[
 
 /// Prints the reason a test does not run (on stderr, shown with `--nocapture` and in CI
 /// logs of failing runs).
+/// Rows `seaql_migrations` holds once every migration has run: one per migration.
+pub fn migrations() -> i64 {
+    use migration::MigratorTrait;
+    i64::try_from(migration::Migrator::migrations().len()).expect("a few migrations")
+}
+
 pub fn skip(reason: &str) {
     eprintln!("skipped: {reason}");
 }
@@ -444,6 +450,10 @@ impl TestAppBuilder {
         config.server.master_key = self.master_key.clone().map(Secret);
         config.database.url = Secret(db.url().to_string());
         config.upstream.url = ollama.url();
+        // Tests of one mock server predate the gateway's own slot accounting (SPEC §12):
+        // leave it unbounded there; fleet tests set their own.
+        config.upstream.parallel = 10_000;
+        config.upstream.max_loaded_models = 10_000;
         if let (Some(url), Some(prefix)) = (&redis_url, &redis_prefix) {
             config.redis.url = Some(Secret(url.clone()));
             config.redis.key_prefix = prefix.clone();

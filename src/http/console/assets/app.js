@@ -282,7 +282,7 @@
     $("who").textContent = describeCredential(state.token);
     await Promise.all([loadTeams(), loadKeyIndex()]).catch(showError);
     const wanted = (location.hash || "").slice(1);
-    show(["keys", "teams", "mappings", "spend", "live"].includes(wanted) ? wanted : "keys");
+    show(["keys", "teams", "mappings", "spend", "servers", "live"].includes(wanted) ? wanted : "keys");
     startFeed();
   }
 
@@ -293,6 +293,7 @@
     teams: () => loadTeamsView(),
     mappings: () => loadMappings(),
     spend: () => loadSpend(),
+    servers: () => loadServers(),
     live: () => renderLive(),
   };
 
@@ -628,6 +629,42 @@
     state.keys.page = 1;
     fillTeamFilter();
     show("keys");
+  }
+
+  // ------------------------------------------------------------------ servers
+
+  const SERVER_STATES = { in_service: ["In service", "ok"], ejected: ["Ejected", "err"], draining: ["Draining", "warn"] };
+
+  async function loadServers() {
+    const data = await api("GET", "/upstream/status");
+    const tbody = $("servers-body");
+    $("servers-queued").textContent = `${fmtInt(data.queued)} waiting in this instance's queue`;
+    if (!data.servers.length) {
+      emptyRow(tbody, 7, "No servers configured.");
+      return;
+    }
+    tbody.replaceChildren(...data.servers.map((server) => {
+      const [label, kind] = SERVER_STATES[server.state] || [server.state, "off"];
+      const inFlight = Object.entries(server.in_flight || {});
+      const draining = server.state === "draining";
+      return h("tr", { "data-server": server.name },
+        h("td", {},
+          h("span", { class: "title", text: server.name }),
+          h("span", { class: "sub mono", text: server.url })),
+        h("td", { class: "server-state" }, badge(label, kind)),
+        h("td", {}, server.models ? modelsCell(server.models) : h("span", { class: "muted", text: "not read yet" })),
+        h("td", { class: "server-loaded" }, server.loaded.length ? modelsCell(server.loaded) : h("span", { class: "muted", text: "none" })),
+        h("td", { class: "server-in-flight" }, inFlight.length
+          ? h("span", { class: "mono", text: inFlight.map(([m, n]) => `${m}: ${n}`).join(", ") })
+          : h("span", { class: "muted", text: "0" })),
+        h("td", {},
+          h("span", { text: fmtInt(server.consecutive_failures) }),
+          server.last_error_at ? h("span", { class: "sub", text: `last ${fmtRelative(server.last_error_at)}` }) : null),
+        h("td", { class: "actions-cell" },
+          actionButton(draining ? "Undrain" : "Drain", () => act(
+            () => api("POST", draining ? "/upstream/undrain" : "/upstream/drain", { name: server.name }),
+            draining ? `${server.name} is back in service.` : `${server.name} is draining: no new requests.`))));
+    }));
   }
 
   // ------------------------------------------------------------------ mappings
@@ -1259,7 +1296,7 @@
   function matchesFilter(event) {
     const filter = $("live-filter").value.trim().toLowerCase();
     if (!filter || event.lagged) return true;
-    return [event.key_name, event.model, event.route, event.status, String(event.http_status), event.team_id]
+    return [event.key_name, event.model, event.route, event.server, event.status, String(event.http_status), event.team_id]
       .some((v) => v && String(v).toLowerCase().includes(filter));
   }
 
@@ -1271,13 +1308,14 @@
 
   function liveRow(event, fresh) {
     if (event.lagged) {
-      return h("tr", { class: "note" }, h("td", { colspan: 7, text: `${fmtInt(event.lagged)} requests were skipped: the feed fell behind.` }));
+      return h("tr", { class: "note" }, h("td", { colspan: 8, text: `${fmtInt(event.lagged)} requests were skipped: the feed fell behind.` }));
     }
     return h("tr", { class: fresh ? "fresh" : undefined },
       h("td", { class: "mono", title: fmtDateTime(event.time), text: fmtTime(event.time) }),
       liveKeyCell(event),
       h("td", { class: "mono", text: event.model || "—" }),
       h("td", { class: "mono", text: event.route }),
+      h("td", { class: "mono live-server", text: event.server || "—" }),
       h("td", {}, statusBadge(event)),
       h("td", { class: "num", title: `${fmtInt(event.prompt_tokens)} prompt + ${fmtInt(event.completion_tokens)} completion`, text: fmtInt(event.tokens) }),
       h("td", { class: "num", text: fmtLatency(event.latency_ms) }));
@@ -1355,6 +1393,7 @@
     });
     $("teams-new").addEventListener("click", newTeam);
     $("teams-refresh").addEventListener("click", () => loadTeamsView().catch(showError));
+    $("servers-refresh").addEventListener("click", () => loadServers().catch(showError));
     $("mappings-new").addEventListener("click", newMapping);
     $("mappings-refresh").addEventListener("click", () => Promise.all([loadKeyIndex(), loadMappings()]).catch(showError));
 
