@@ -357,6 +357,8 @@ impl Fleet {
                         grant,
                     });
                 state.depth += 1;
+                drop(state);
+                self.changed();
                 Ok(Admission::Queued(rx, id))
             }
         }
@@ -373,6 +375,8 @@ impl Fleet {
                 state.queue.remove(tenant);
             }
             state.depth -= 1;
+            drop(state);
+            self.changed();
         }
     }
 
