@@ -82,6 +82,8 @@ pub struct LocalPermit {
     limiter: LocalLimiter,
     subjects: Vec<Subject>,
     demand: Demand,
+    /// When it was admitted: its entry in every subject's RPM log.
+    admitted_at: Instant,
     settled: bool,
 }
 
@@ -96,8 +98,11 @@ impl std::fmt::Debug for LocalPermit {
 
 impl Drop for LocalPermit {
     fn drop(&mut self) {
+        // Dropped unsettled: the request was never sent (it left the queue, or failed
+        // before the upstream), so it consumed nothing — its admission included.
         if !self.settled {
             self.limiter.release(self, 0, 0.0);
+            self.limiter.forget_admission(self);
         }
     }
 }
@@ -159,6 +164,7 @@ impl LocalLimiter {
             limiter: self.clone(),
             subjects: subjects.to_vec(),
             demand,
+            admitted_at: now,
             settled: false,
         })
     }
@@ -168,6 +174,23 @@ impl LocalLimiter {
     pub fn settle(&self, mut permit: LocalPermit, tokens: u64, cost: f64) {
         self.release(&permit, tokens, cost);
         permit.settled = true;
+    }
+
+    /// Takes back a request that was never sent: its parallel slot, its reservation and
+    /// its place in the RPM window (SPEC §12: it consumed nothing).
+    pub fn cancel(&self, permit: LocalPermit) {
+        drop(permit);
+    }
+
+    fn forget_admission(&self, permit: &LocalPermit) {
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        for s in &permit.subjects {
+            if let Some(st) = states.get_mut(&s.id)
+                && let Some(i) = st.requests.iter().rposition(|t| *t == permit.admitted_at)
+            {
+                st.requests.remove(i);
+            }
+        }
     }
 
     fn release(&self, permit: &LocalPermit, tokens: u64, cost: f64) {
@@ -208,6 +231,26 @@ mod tests {
             max_budget: budget,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_cancelled_request_gives_its_rpm_admission_back() {
+        let l = LocalLimiter::default();
+        let s = [key(Some(1), None, Some(1), None)];
+        let permit = l.admit(&s, Demand::default()).expect("admitted");
+        assert!(
+            l.admit(&s, Demand::default()).is_err(),
+            "the window is full"
+        );
+        l.cancel(permit);
+        let again = l
+            .admit(&s, Demand::default())
+            .expect("the admission came back");
+        l.settle(again, 1, 0.0);
+        assert!(
+            matches!(l.admit(&s, Demand::default()), Err(Refusal::Rate { .. })),
+            "a settled request keeps its admission"
+        );
     }
 
     #[test]

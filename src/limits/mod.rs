@@ -160,6 +160,15 @@ impl Limiter {
         }
     }
 
+    /// Takes back a request that was never sent (it left the queue, or nothing could be
+    /// delivered): it consumes nothing, its RPM admission included.
+    pub fn cancel(&self, permit: Permit) {
+        match permit {
+            Permit::Local(p) => self.local.cancel(p),
+            Permit::Redis(p) => p.cancel(),
+        }
+    }
+
     /// Releases the permit, replacing its reservation by the real usage.
     pub fn settle(&self, permit: Permit, tokens: u64, cost: f64) {
         match permit {

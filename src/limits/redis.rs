@@ -157,7 +157,17 @@ impl RedisPermit {
         self.spawn_settle(tokens, cost);
     }
 
+    /// Takes back a request that was never sent, its RPM admission included.
+    pub fn cancel(mut self) {
+        self.settled = true;
+        self.spawn_settle_or_cancel(0, 0.0, true);
+    }
+
     fn spawn_settle(&self, tokens: u64, cost: f64) {
+        self.spawn_settle_or_cancel(tokens, cost, false);
+    }
+
+    fn spawn_settle_or_cancel(&self, tokens: u64, cost: f64, cancel: bool) {
         let inner = self.inner.clone();
         let keys = self.keys.clone();
         let args = vec![
@@ -167,6 +177,7 @@ impl RedisPermit {
             self.demand.reserve_cost.to_string(),
             tokens.to_string(),
             cost.to_string(),
+            if cancel { "1" } else { "0" }.to_string(),
         ];
         // Without a runtime (process exiting) nothing runs: the lease lapses by itself.
         let tasks = inner.tasks.clone();
@@ -181,8 +192,10 @@ impl RedisPermit {
 
 impl Drop for RedisPermit {
     fn drop(&mut self) {
+        // Dropped unsettled: never sent (left the queue, or failed before the upstream),
+        // so it gives everything back, its RPM admission included.
         if !self.settled {
-            self.spawn_settle(0, 0.0);
+            self.spawn_settle_or_cancel(0, 0.0, true);
         }
     }
 }

@@ -230,7 +230,6 @@ impl Upstream {
                 let granted = tokio::time::timeout(self.queue_max_wait, &mut seat.rx).await;
                 drop(seat);
                 crate::telemetry::queue_wait(started.elapsed(), granted.is_ok());
-                crate::telemetry::queue_depth(self.fleet.queued());
                 match granted {
                     Ok(Ok(claim)) => claim,
                     _ => return Err(RouteError::Busy),
@@ -371,5 +370,6 @@ impl Drop for QueueSeat<'_> {
         if let Ok(claim) = self.rx.try_recv() {
             self.fleet.return_claim(claim, self.model);
         }
+        crate::telemetry::queue_depth(self.fleet.queued());
     }
 }

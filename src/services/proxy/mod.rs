@@ -144,6 +144,34 @@ impl Delivered {
     }
 }
 
+/// A request that left before anything was delivered (its client went away while it
+/// waited): shown on the live feed as refused, with nginx's 499 "client closed request".
+struct Abandoned<'a> {
+    proxy: &'a Proxy,
+    caller: &'a auth::Caller,
+    spec: &'static RouteSpec,
+    request_id: &'a Arc<str>,
+    started: Instant,
+    armed: bool,
+}
+
+/// What the feed shows for a request whose client left before it was sent.
+const CLIENT_CLOSED: u16 = 499;
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.proxy.publish_refusal(
+                self.caller,
+                self.spec,
+                self.request_id,
+                self.started,
+                CLIENT_CLOSED,
+            );
+        }
+    }
+}
+
 /// Where one attempt goes: a slot, or a server that lists the model.
 enum Place {
     Slot(Lease),
@@ -238,19 +266,33 @@ impl Proxy {
         {
             Ok(prepared) => prepared,
             Err(err) => {
-                self.publish_refusal(&caller, spec, &request_id, started, &err);
+                self.publish_refusal(&caller, spec, &request_id, started, err.status().as_u16());
                 return Err(err);
             }
         };
 
-        let delivered = match self.deliver(&caller, spec, &prepared).await {
+        // Until something is delivered, a client that goes away (while queued, say) is
+        // shown on the feed as refused; its permit, dropped unsettled, gives back its
+        // admission and reservations.
+        let mut abandoned = Abandoned {
+            proxy: self,
+            caller: &caller,
+            spec,
+            request_id: &request_id,
+            started,
+            armed: true,
+        };
+        let delivered = self.deliver(&caller, spec, &prepared).await;
+        abandoned.armed = false;
+        drop(abandoned);
+        let delivered = match delivered {
             Ok(delivered) => delivered,
             Err(err) => {
                 // Nothing was sent, or nothing could be: the request consumed nothing.
                 if let Some(permit) = prepared.permit {
-                    self.limiter.settle(permit, 0, 0.0);
+                    self.limiter.cancel(permit);
                 }
-                self.publish_refusal(&caller, spec, &request_id, started, &err);
+                self.publish_refusal(&caller, spec, &request_id, started, err.status().as_u16());
                 return Err(err);
             }
         };
@@ -604,7 +646,7 @@ impl Proxy {
         spec: &'static RouteSpec,
         request_id: &Arc<str>,
         started: Instant,
-        err: &AppError,
+        http_status: u16,
     ) {
         self.events.publish(|| RequestEvent {
             time: chrono::Utc::now(),
@@ -616,7 +658,7 @@ impl Proxy {
             route: spec.path.to_string(),
             server: None,
             status: RequestStatus::Refused,
-            http_status: err.status().as_u16(),
+            http_status,
             prompt_tokens: 0,
             completion_tokens: 0,
             latency_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
