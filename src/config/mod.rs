@@ -147,6 +147,9 @@ pub struct UpstreamConfig {
     pub admin_routes_require_admin: bool,
     pub allow_keep_alive: bool,
     pub max_num_ctx: Option<u64>,
+    /// Let non-admin callers use Ollama cloud models (a tag of `cloud` or ending in
+    /// `-cloud`), which send prompts off the premises; off, they are refused and hidden.
+    pub allow_cloud_models: bool,
 }
 
 impl Default for UpstreamConfig {
@@ -157,6 +160,7 @@ impl Default for UpstreamConfig {
             admin_routes_require_admin: true,
             allow_keep_alive: false,
             max_num_ctx: None,
+            allow_cloud_models: false,
         }
     }
 }
