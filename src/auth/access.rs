@@ -27,8 +27,9 @@ pub fn check_route(caller: &Caller, path: &str, admin_only: bool) -> Result<(), 
         return Err(AppError::RouteNotAllowed);
     }
     if let Some(key) = &caller.key
-        && !key.allowed_routes.is_empty()
-        && !key.allowed_routes.iter().any(|r| route_matches(r, path))
+        && (key.unreadable.allowed_routes
+            || (!key.allowed_routes.is_empty()
+                && !key.allowed_routes.iter().any(|r| route_matches(r, path))))
     {
         return Err(AppError::RouteNotAllowed);
     }
@@ -43,7 +44,8 @@ fn route_matches(pattern: &str, path: &str) -> bool {
 }
 
 /// The model patterns that bound this caller: key's if non-empty, else team's if
-/// non-empty, else `None` (everything).
+/// non-empty, else `None` (everything). A stored list that cannot be read bounds the
+/// caller to nothing (`Some(&[])`), never to everything.
 pub fn model_patterns(caller: &Caller) -> Option<&[String]> {
     if caller.is_admin() {
         return None;
@@ -51,12 +53,16 @@ pub fn model_patterns(caller: &Caller) -> Option<&[String]> {
     if !caller.models.is_empty() {
         return Some(&caller.models);
     }
-    if let Some(key) = &caller.key
-        && !key.models.is_empty()
-    {
-        return Some(&key.models);
+    if let Some(key) = &caller.key {
+        if key.unreadable.models {
+            return Some(&[]);
+        }
+        if !key.models.is_empty() {
+            return Some(&key.models);
+        }
     }
     match &caller.team {
+        Some(team) if team.unreadable.models => Some(&[]),
         Some(team) if !team.models.is_empty() => Some(&team.models),
         _ => None,
     }

@@ -86,17 +86,17 @@ fn model_of(
         (_, Some(Value::String(m))) if !m.is_empty() => Ok(Some(m)),
         (ModelField::Required, None) => Err(AppError::invalid("missing field `model`")),
         (ModelField::Required, Some(_)) => Err(AppError::invalid(
-            "field `model` must be a non-empty string",
+            "field `model` must be a non-empty model name",
         )),
         (ModelField::ModelOrName, Some(Value::String(_)) | None) => match name {
             Some(Value::String(n)) if !n.is_empty() => Ok(Some(n)),
             None => Err(AppError::invalid("missing field `model`")),
             Some(_) => Err(AppError::invalid(
-                "field `model` (or `name`) must be a non-empty string",
+                "field `model` (or `name`) must be a non-empty model name",
             )),
         },
         (ModelField::ModelOrName, Some(_)) => Err(AppError::invalid(
-            "field `model` must be a non-empty string",
+            "field `model` must be a non-empty model name",
         )),
     }
 }
