@@ -27,8 +27,9 @@ pub fn check_route(caller: &Caller, path: &str, admin_only: bool) -> Result<(), 
         return Err(AppError::RouteNotAllowed);
     }
     if let Some(key) = &caller.key
-        && !key.allowed_routes.is_empty()
-        && !key.allowed_routes.iter().any(|r| route_matches(r, path))
+        && (key.unreadable.allowed_routes
+            || (!key.allowed_routes.is_empty()
+                && !key.allowed_routes.iter().any(|r| route_matches(r, path))))
     {
         return Err(AppError::RouteNotAllowed);
     }
@@ -43,7 +44,8 @@ fn route_matches(pattern: &str, path: &str) -> bool {
 }
 
 /// The model patterns that bound this caller: key's if non-empty, else team's if
-/// non-empty, else `None` (everything).
+/// non-empty, else `None` (everything). A stored list that cannot be read bounds the
+/// caller to nothing (`Some(&[])`), never to everything.
 pub fn model_patterns(caller: &Caller) -> Option<&[String]> {
     if caller.is_admin() {
         return None;
@@ -51,12 +53,16 @@ pub fn model_patterns(caller: &Caller) -> Option<&[String]> {
     if !caller.models.is_empty() {
         return Some(&caller.models);
     }
-    if let Some(key) = &caller.key
-        && !key.models.is_empty()
-    {
-        return Some(&key.models);
+    if let Some(key) = &caller.key {
+        if key.unreadable.models {
+            return Some(&[]);
+        }
+        if !key.models.is_empty() {
+            return Some(&key.models);
+        }
     }
     match &caller.team {
+        Some(team) if team.unreadable.models => Some(&[]),
         Some(team) if !team.models.is_empty() => Some(&team.models),
         _ => None,
     }
@@ -72,19 +78,53 @@ pub fn check_model(caller: &Caller, model: &str) -> Result<(), AppError> {
     }
 }
 
-/// Exact match, `name` ≡ `name:latest`, or a trailing `*` wildcard.
+/// Exact match, `name` ≡ `name:latest`, or a trailing `*` wildcard. Both sides are
+/// compared in their full form (`name` reads as `name:latest`), so `llama3.1:*` admits
+/// `llama3.1` and `llama3.1:latest`, and `llama3.1` admits `llama3.1:latest`.
 pub fn model_allowed(patterns: &[String], model: &str) -> bool {
-    let model = normalize(model);
+    let model = with_tag(model);
     patterns
         .iter()
         .any(|pattern| match pattern.strip_suffix('*') {
             Some(prefix) => model.starts_with(prefix),
-            None => normalize(pattern) == model,
+            None => with_tag(pattern) == model,
         })
 }
 
-fn normalize(model: &str) -> &str {
-    model.strip_suffix(":latest").unwrap_or(model)
+/// The tag of a model name: what follows `:` in its last path segment (a registry's
+/// `host:port/` is not a tag), before any `@digest`; `None` when it has none.
+fn tag(model: &str) -> Option<&str> {
+    let name = model.split_once('@').map_or(model, |(name, _)| name);
+    let last = name.rsplit_once('/').map_or(name, |(_, last)| last);
+    last.split_once(':').map(|(_, tag)| tag)
+}
+
+/// `name` as `name:latest`; names with a tag unchanged.
+fn with_tag(model: &str) -> std::borrow::Cow<'_, str> {
+    if tag(model).is_some() {
+        std::borrow::Cow::Borrowed(model)
+    } else {
+        std::borrow::Cow::Owned(format!("{model}:latest"))
+    }
+}
+
+/// An Ollama cloud model (SPEC §5.2.4): its tag is `cloud` or ends in `-cloud`
+/// (`glm-4.6:cloud`, `gpt-oss:120b-cloud`), in any case. Such a model runs off the
+/// premises, so prompts sent to it leave them.
+pub fn is_cloud_model(model: &str) -> bool {
+    tag(model).is_some_and(|tag| {
+        let tag = tag.trim().to_ascii_lowercase();
+        tag == "cloud" || tag.ends_with("-cloud")
+    })
+}
+
+/// Check 4 for cloud models: refused for non-admin callers unless
+/// `upstream.allow_cloud_models`, whatever their allow-list says.
+pub fn check_cloud_model(caller: &Caller, model: &str, allow_cloud: bool) -> Result<(), AppError> {
+    if !allow_cloud && !caller.is_admin() && is_cloud_model(model) {
+        return Err(AppError::ModelNotAllowed(model.to_string()));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -109,6 +149,52 @@ mod tests {
         assert!(model_allowed(&p(&["llama3.1:*"]), "llama3.1:8b"));
         assert!(!model_allowed(&p(&["llama3.1:*"]), "llama3.2:1b"));
         assert!(model_allowed(&p(&["*"]), "anything"));
+    }
+
+    #[test]
+    fn wildcards_see_the_latest_tag() {
+        let list = p(&["llama3.1:*"]);
+        assert!(model_allowed(&list, "llama3.1"));
+        assert!(model_allowed(&list, "llama3.1:latest"));
+        assert!(!model_allowed(&list, "llama3.10"));
+        assert!(!model_allowed(&list, "llama3"));
+        assert!(model_allowed(&p(&["llama3.1:lat*"]), "llama3.1"));
+        assert!(model_allowed(&p(&["llama*"]), "llama3.1"));
+        assert!(model_allowed(&p(&["llama3.1*"]), "llama3.1"));
+        // A registry's port is not a tag.
+        assert!(model_allowed(
+            &p(&["registry.local:5000/team/llama3.1:*"]),
+            "registry.local:5000/team/llama3.1"
+        ));
+        assert!(model_allowed(
+            &p(&["registry.local:5000/team/llama3.1"]),
+            "registry.local:5000/team/llama3.1:latest"
+        ));
+    }
+
+    #[test]
+    fn cloud_models_are_recognised_by_their_tag() {
+        for cloud in [
+            "glm-4.6:cloud",
+            "gpt-oss:120b-cloud",
+            "qwen3-coder:480b-CLOUD",
+            "GLM-4.6:Cloud",
+            "library/glm-4.6:cloud",
+            "glm-4.6:cloud@sha256:abc",
+        ] {
+            assert!(is_cloud_model(cloud), "{cloud}");
+        }
+        for local in [
+            "llama3.1",
+            "llama3.1:8b",
+            "cloud",
+            "cloud:latest",
+            "mycloud-model:7b",
+            "glm-4.6:cloudy",
+            "registry.cloud:5000/llama3.1",
+        ] {
+            assert!(!is_cloud_model(local), "{local}");
+        }
     }
 
     #[test]

@@ -221,6 +221,7 @@ impl MappingResolver {
             org_id: identity.org_id.clone(),
             models: limits.models.clone(),
             allowed_routes: Vec::new(),
+            unreadable: Default::default(),
             max_budget: limits.max_budget,
             budget_duration: limits.budget_duration,
             tpm_limit: limits.tpm_limit,

@@ -167,6 +167,9 @@ pub struct UpstreamConfig {
     /// `model_aware` (SPEC §11) or `round_robin` (kept for the fleet benchmark's
     /// comparison; not for production).
     pub routing: RoutingPolicy,
+    /// Let non-admin callers use Ollama cloud models (a tag of `cloud` or ending in
+    /// `-cloud`), which send prompts off the premises; off, they are refused and hidden.
+    pub allow_cloud_models: bool,
 }
 
 /// The default upstream when neither `url` nor `servers` is given.
@@ -189,6 +192,7 @@ impl Default for UpstreamConfig {
             queue_max_wait_s: 30,
             queue_max_depth: 1000,
             routing: RoutingPolicy::ModelAware,
+            allow_cloud_models: false,
         }
     }
 }

@@ -14,7 +14,7 @@ use crate::auth::secrets;
 use crate::config::Duration as HumanDuration;
 use crate::error::AppError;
 use crate::json::double_option;
-use crate::store::{KeyFields, KeyFilter, Page, Store, VirtualKey};
+use crate::store::{KeyFields, KeyFilter, Page, Store, Unreadable, VirtualKey};
 
 /// `key` (plaintext) or `key_id`: how every key route names its key.
 #[derive(Debug, Default, Deserialize, ToSchema, IntoParams)]
@@ -233,6 +233,7 @@ impl KeyManager<'_> {
             expires: req.duration.map(|d| Utc::now() + d.to_chrono()),
             blocked: req.blocked.unwrap_or(false),
             metadata,
+            unreadable: Unreadable::default(),
         };
         self.mint(&fields).await
     }
@@ -291,6 +292,7 @@ impl KeyManager<'_> {
         }
         if let Some(v) = req.models {
             f.models = v.unwrap_or_default();
+            f.unreadable.models = false;
             check_models(&f.models)?;
         }
         if let Some(v) = req.max_budget {
@@ -329,6 +331,7 @@ impl KeyManager<'_> {
         }
         if let Some(v) = req.allowed_routes {
             f.allowed_routes = v.unwrap_or_default();
+            f.unreadable.allowed_routes = false;
             check_routes(&f.allowed_routes)?;
         }
         if let Some(v) = req.blocked {
@@ -470,6 +473,7 @@ fn fields_of(k: &VirtualKey) -> KeyFields {
         org_id: k.org_id.clone(),
         models: k.models.clone(),
         allowed_routes: k.allowed_routes.clone(),
+        unreadable: k.unreadable,
         max_budget: k.max_budget,
         budget_duration: k.budget_duration,
         tpm_limit: k.tpm_limit,

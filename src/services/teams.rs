@@ -12,7 +12,7 @@ use crate::auth::invalidation::{Change, Invalidator};
 use crate::config::Duration as HumanDuration;
 use crate::error::AppError;
 use crate::json::double_option;
-use crate::store::{Page, Store, Team, TeamFields};
+use crate::store::{Page, Store, Team, TeamFields, Unreadable};
 
 /// `POST /team/new`. Every field is optional.
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -151,6 +151,7 @@ impl TeamManager<'_> {
             max_parallel_requests: req.max_parallel_requests,
             blocked: req.blocked.unwrap_or(false),
             metadata: req.metadata.unwrap_or_else(|| serde_json::json!({})),
+            unreadable: Unreadable::default(),
         };
         validate(&fields)?;
         let team = self
@@ -183,6 +184,7 @@ impl TeamManager<'_> {
         let mut f = TeamFields {
             team_alias: existing.team_alias.clone(),
             models: existing.models.clone(),
+            unreadable: existing.unreadable,
             max_budget: existing.max_budget,
             budget_duration: existing.budget_duration,
             tpm_limit: existing.tpm_limit,
@@ -196,6 +198,7 @@ impl TeamManager<'_> {
         }
         if let Some(v) = req.models {
             f.models = v.unwrap_or_default();
+            f.unreadable.models = false;
         }
         if let Some(v) = req.max_budget {
             f.max_budget = v;

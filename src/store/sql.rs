@@ -60,8 +60,14 @@ fn key_fields(am: &mut virtual_key::ActiveModel, f: &KeyFields) {
     am.team_id = Set(f.team_id.clone());
     am.user_id = Set(f.user_id.clone());
     am.org_id = Set(f.org_id.clone());
-    am.models = Set(to_json(&f.models));
-    am.allowed_routes = Set(to_json(&f.allowed_routes));
+    // A list carried over unread stays as stored: writing it back as read (empty) would
+    // turn "unreadable, refuses" into "every model".
+    if !f.unreadable.models {
+        am.models = Set(to_json(&f.models));
+    }
+    if !f.unreadable.allowed_routes {
+        am.allowed_routes = Set(to_json(&f.allowed_routes));
+    }
     am.max_budget = Set(f.max_budget);
     am.budget_duration = Set(f.budget_duration.map(|d| d.to_string()));
     am.tpm_limit = Set(signed(f.tpm_limit));
@@ -75,7 +81,9 @@ fn key_fields(am: &mut virtual_key::ActiveModel, f: &KeyFields) {
 
 fn team_fields(am: &mut team::ActiveModel, f: &TeamFields) {
     am.team_alias = Set(f.team_alias.clone());
-    am.models = Set(to_json(&f.models));
+    if !f.unreadable.models {
+        am.models = Set(to_json(&f.models));
+    }
     am.max_budget = Set(f.max_budget);
     am.budget_duration = Set(f.budget_duration.map(|d| d.to_string()));
     am.tpm_limit = Set(signed(f.tpm_limit));

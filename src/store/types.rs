@@ -25,6 +25,9 @@ pub struct VirtualKey {
     pub models: Vec<String>,
     /// Exact paths or prefixes ending in `*`; empty means every proxied route.
     pub allowed_routes: Vec<String>,
+    /// Stored fields that could not be read (they refuse, see [`Unreadable`]).
+    #[serde(skip)]
+    pub unreadable: Unreadable,
     pub max_budget: Option<f64>,
     pub budget_duration: Option<HumanDuration>,
     pub budget_reset_at: Option<DateTime<Utc>>,
@@ -47,6 +50,9 @@ pub struct Team {
     pub team_id: String,
     pub team_alias: Option<String>,
     pub models: Vec<String>,
+    /// Stored fields that could not be read (they refuse, see [`Unreadable`]).
+    #[serde(skip)]
+    pub unreadable: Unreadable,
     pub max_budget: Option<f64>,
     pub budget_duration: Option<HumanDuration>,
     pub budget_reset_at: Option<DateTime<Utc>>,
@@ -157,6 +163,8 @@ pub struct KeyFields {
     pub org_id: Option<String>,
     pub models: Vec<String>,
     pub allowed_routes: Vec<String>,
+    /// Lists an update carries over unread: the store leaves them as they are stored.
+    pub unreadable: Unreadable,
     pub max_budget: Option<f64>,
     pub budget_duration: Option<HumanDuration>,
     pub tpm_limit: Option<u64>,
@@ -171,6 +179,8 @@ pub struct KeyFields {
 pub struct TeamFields {
     pub team_alias: Option<String>,
     pub models: Vec<String>,
+    /// `models` carried over unread: the store leaves it as it is stored.
+    pub unreadable: Unreadable,
     pub max_budget: Option<f64>,
     pub budget_duration: Option<HumanDuration>,
     pub tpm_limit: Option<u64>,
@@ -214,20 +224,118 @@ pub struct Page {
     pub size: u64,
 }
 
-fn json_list(text: &str) -> Vec<String> {
-    serde_json::from_str(text).unwrap_or_default()
+/// Fields of a stored key or team that could not be read. Each refuses what it would have
+/// granted — an unreadable `models` admits no model, an unreadable `allowed_routes` no
+/// route — instead of reading as empty, which would mean "every model" or "every route".
+/// An update that does not set such a field leaves it as it is stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Unreadable {
+    pub models: bool,
+    pub allowed_routes: bool,
+}
+
+/// Which record a decoded value belongs to, for the one log line about a bad value.
+#[derive(Clone, Copy)]
+struct Record<'a> {
+    kind: &'static str,
+    id: &'a str,
+}
+
+impl Record<'_> {
+    /// Logs a stored value that cannot be read, once per record, field and value (records
+    /// are decoded on every cache fill and listing; one line is enough).
+    fn unreadable(self, field: &'static str, stored: &str, refused_as: &'static str) {
+        static SEEN: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<String>>> =
+            std::sync::OnceLock::new();
+        const MAX_REMEMBERED: usize = 10_000;
+        let stored: String = stored.chars().take(64).collect();
+        let entry = format!("{}\u{0}{}\u{0}{field}\u{0}{stored}", self.kind, self.id);
+        let mut seen = SEEN
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if seen.contains(&entry) {
+            return;
+        }
+        if seen.len() >= MAX_REMEMBERED {
+            seen.clear();
+        }
+        seen.insert(entry);
+        drop(seen);
+        tracing::error!(
+            record = self.kind,
+            id = self.id,
+            field,
+            refused_as,
+            "a stored value cannot be read; it refuses what it would have granted until it is set again"
+        );
+    }
+
+    /// A JSON list of strings; `None` (logged) when it is anything else.
+    fn list(self, field: &'static str, text: &str) -> Option<Vec<String>> {
+        match serde_json::from_str(text) {
+            Ok(list) => Some(list),
+            Err(_) => {
+                self.unreadable(field, text, "matches nothing");
+                None
+            }
+        }
+    }
+
+    /// A count limit: a negative one (no version of tollgate stores those) admits nothing.
+    fn limit(self, field: &'static str, v: Option<i64>) -> Option<u64> {
+        v.map(|n| {
+            u64::try_from(n).unwrap_or_else(|_| {
+                self.unreadable(field, &n.to_string(), "limit 0");
+                0
+            })
+        })
+    }
+
+    /// A budget that is negative or not a number admits nothing.
+    fn budget(self, v: Option<f64>) -> Option<f64> {
+        v.map(|b| {
+            if b.is_finite() && b >= 0.0 {
+                b
+            } else {
+                self.unreadable("max_budget", &b.to_string(), "budget 0");
+                0.0
+            }
+        })
+    }
+
+    /// Spend that is negative or not a number counts as exhausting any budget.
+    fn spend(self, v: f64) -> f64 {
+        if v.is_finite() && v >= 0.0 {
+            v
+        } else {
+            self.unreadable("spend", &v.to_string(), "budget exhausted");
+            f64::MAX
+        }
+    }
 }
 
 fn json_object(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|_| serde_json::json!({}))
 }
 
-fn limit(v: Option<i64>) -> Option<u64> {
-    v.and_then(|n| u64::try_from(n).ok())
-}
-
 impl From<entity::virtual_key::Model> for VirtualKey {
     fn from(m: entity::virtual_key::Model) -> Self {
+        let record = Record {
+            kind: "key",
+            id: &m.id,
+        };
+        let models = record.list("models", &m.models);
+        let allowed_routes = record.list("allowed_routes", &m.allowed_routes);
+        let unreadable = Unreadable {
+            models: models.is_none(),
+            allowed_routes: allowed_routes.is_none(),
+        };
+        let max_budget = record.budget(m.max_budget);
+        let spend = record.spend(m.spend);
+        let tpm_limit = record.limit("tpm_limit", m.tpm_limit);
+        let rpm_limit = record.limit("rpm_limit", m.rpm_limit);
+        let max_parallel_requests = record.limit("max_parallel_requests", m.max_parallel_requests);
         Self {
             key_id: m.id,
             key_hash: m.key_hash,
@@ -236,15 +344,16 @@ impl From<entity::virtual_key::Model> for VirtualKey {
             team_id: m.team_id,
             user_id: m.user_id,
             org_id: m.org_id,
-            models: json_list(&m.models),
-            allowed_routes: json_list(&m.allowed_routes),
-            max_budget: m.max_budget,
+            models: models.unwrap_or_default(),
+            allowed_routes: allowed_routes.unwrap_or_default(),
+            unreadable,
+            max_budget,
             budget_duration: m.budget_duration.as_deref().and_then(parse_duration),
             budget_reset_at: m.budget_reset_at,
-            spend: m.spend,
-            tpm_limit: limit(m.tpm_limit),
-            rpm_limit: limit(m.rpm_limit),
-            max_parallel_requests: limit(m.max_parallel_requests),
+            spend,
+            tpm_limit,
+            rpm_limit,
+            max_parallel_requests,
             expires: m.expires,
             blocked: m.blocked,
             metadata: json_object(&m.metadata),
@@ -257,17 +366,32 @@ impl From<entity::virtual_key::Model> for VirtualKey {
 
 impl From<entity::team::Model> for Team {
     fn from(m: entity::team::Model) -> Self {
+        let record = Record {
+            kind: "team",
+            id: &m.id,
+        };
+        let models = record.list("models", &m.models);
+        let unreadable = Unreadable {
+            models: models.is_none(),
+            allowed_routes: false,
+        };
+        let max_budget = record.budget(m.max_budget);
+        let spend = record.spend(m.spend);
+        let tpm_limit = record.limit("tpm_limit", m.tpm_limit);
+        let rpm_limit = record.limit("rpm_limit", m.rpm_limit);
+        let max_parallel_requests = record.limit("max_parallel_requests", m.max_parallel_requests);
         Self {
             team_id: m.id,
             team_alias: m.team_alias,
-            models: json_list(&m.models),
-            max_budget: m.max_budget,
+            models: models.unwrap_or_default(),
+            unreadable,
+            max_budget,
             budget_duration: m.budget_duration.as_deref().and_then(parse_duration),
             budget_reset_at: m.budget_reset_at,
-            spend: m.spend,
-            tpm_limit: limit(m.tpm_limit),
-            rpm_limit: limit(m.rpm_limit),
-            max_parallel_requests: limit(m.max_parallel_requests),
+            spend,
+            tpm_limit,
+            rpm_limit,
+            max_parallel_requests,
             blocked: m.blocked,
             metadata: json_object(&m.metadata),
             created_at: m.created_at,

@@ -102,6 +102,7 @@ fn fields_of(k: &tollgate::store::VirtualKey) -> KeyFields {
         org_id: k.org_id.clone(),
         models: k.models.clone(),
         allowed_routes: k.allowed_routes.clone(),
+        unreadable: k.unreadable,
         max_budget: k.max_budget,
         budget_duration: k.budget_duration,
         tpm_limit: k.tpm_limit,

@@ -31,6 +31,7 @@ mod keys_support;
 mod limits;
 mod limits_shared;
 mod mappings;
+mod model_policy;
 mod openapi;
 mod proxy;
 mod queue;

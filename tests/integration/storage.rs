@@ -86,6 +86,7 @@ backend_tests! {
             org_id: Some("org-1".into()),
             models: vec!["llama3.1:8b".into(), "qwen*".into()],
             allowed_routes: vec!["/api/chat".into()],
+            unreadable: Default::default(),
             max_budget: Some(12.5),
             budget_duration: parse_duration("30d"),
             tpm_limit: Some(1000),
@@ -177,6 +178,7 @@ backend_tests! {
         let fields = TeamFields {
             team_alias: Some("Platform".into()),
             models: vec!["llama3.1:8b".into()],
+            unreadable: Default::default(),
             max_budget: Some(100.0),
             budget_duration: parse_duration("1h"),
             tpm_limit: Some(5000),
@@ -420,5 +422,76 @@ async fn redis_instances_share_a_prefix_and_tests_do_not() {
     assert_ne!(key(&a), key(&c));
     for t in [c, b, a] {
         t.shutdown().await;
+    }
+}
+
+/// Writes `sql` straight to the app's database, behind tollgate's back.
+async fn corrupt(app: &TestApp, sql: &str) {
+    use sea_orm::ConnectionTrait;
+    let db = app.db.connect().await;
+    db.execute_unprepared(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    drop(db.close().await);
+}
+
+backend_tests! {
+    /// Issue 11: a stored value that grants or bounds access and cannot be read refuses —
+    /// an unreadable `models` (key or team) is no model, an unreadable `allowed_routes` no
+    /// route, a negative limit admits nothing — instead of reading as "no bound". An update
+    /// that does not set the field leaves it refusing; setting it repairs the record.
+    async fn unreadable_stored_grants_refuse(app) {
+        let body = || chat("llama3.1:8b");
+        let (models_key, k) = app
+            .create_key(KeyFields { models: vec!["llama3.1:8b".into()], metadata: json!({}), ..KeyFields::default() })
+            .await;
+        corrupt(app, &format!("UPDATE virtual_keys SET models = 'llama3.1:8b' WHERE id = '{}'", k.key_id)).await;
+        let (routes_key, k) = app
+            .create_key(KeyFields { allowed_routes: vec!["/api/*".into()], ..KeyFields::default() })
+            .await;
+        corrupt(app, &format!("UPDATE virtual_keys SET allowed_routes = '{{\"a\": 1}}' WHERE id = '{}'", k.key_id)).await;
+        app.create_team("broken", TeamFields { models: vec!["llama3.1:8b".into()], metadata: json!({}), ..TeamFields::default() }).await;
+        corrupt(app, "UPDATE teams SET models = '[\"llama3.1:8b\"' WHERE id = 'broken'").await;
+        let (team_key, _) = app
+            .create_key(KeyFields { team_id: Some("broken".into()), ..KeyFields::default() })
+            .await;
+        let (rpm_key, k) = app.create_key(KeyFields { rpm_limit: Some(100), ..KeyFields::default() }).await;
+        corrupt(app, &format!("UPDATE virtual_keys SET rpm_limit = -1 WHERE id = '{}'", k.key_id)).await;
+
+        for key in [&models_key, &team_key] {
+            assert_error(app.post_json("/api/chat", Some(key), &body()).await, 403, "model_not_allowed").await;
+            assert_error(app.get("/v1/models/llama3.1:8b", Some(key)).await, 403, "model_not_allowed").await;
+        }
+        assert_error(app.post_json("/api/chat", Some(&routes_key), &body()).await, 403, "route_not_allowed").await;
+        assert_error(app.get("/api/tags", Some(&routes_key)).await, 403, "route_not_allowed").await;
+        assert_error(app.post_json("/api/chat", Some(&rpm_key), &body()).await, 429, "rate_limited").await;
+        assert_eq!(app.ollama.request_count(), 0, "nothing reached Ollama");
+        // Lists show nothing.
+        let tags: serde_json::Value = app.get("/api/tags", Some(&models_key)).await.json().await.unwrap();
+        assert_eq!(tags["models"], json!([]), "{tags}");
+
+        if app.backend == Backend::Postgres {
+            // PostgreSQL can store a spend that is not a number; it exhausts the budget.
+            let (spend_key, k) = app.create_key(KeyFields { max_budget: Some(10.0), ..KeyFields::default() }).await;
+            corrupt(app, &format!("UPDATE virtual_keys SET spend = 'NaN' WHERE id = '{}'", k.key_id)).await;
+            assert_error(app.post_json("/api/chat", Some(&spend_key), &body()).await, 429, "budget_exceeded").await;
+        }
+
+        // An update that does not set `models` keeps the key refusing…
+        let updated = app.admin_post("/key/update", &json!({"key": models_key, "key_alias": "renamed"})).await;
+        assert_eq!(updated.status(), 200);
+        app.admin_post("/key/block", &json!({"key": models_key})).await;
+        app.admin_post("/key/unblock", &json!({"key": models_key})).await;
+        assert_error(app.post_json("/api/chat", Some(&models_key), &body()).await, 403, "model_not_allowed").await;
+        let team = app.admin_post("/team/update", &json!({"team_id": "broken", "team_alias": "b"})).await;
+        assert_eq!(team.status(), 200, "{}", team.text().await.unwrap());
+        assert_error(app.post_json("/api/chat", Some(&team_key), &body()).await, 403, "model_not_allowed").await;
+        // …and setting it repairs it.
+        let fixed = app.admin_post("/key/update", &json!({"key": models_key, "models": ["llama3.1:8b"]})).await;
+        assert_eq!(fixed.status(), 200);
+        assert_eq!(app.post_json("/api/chat", Some(&models_key), &body()).await.status(), 200);
+        let fixed = app.admin_post("/team/update", &json!({"team_id": "broken", "models": []})).await;
+        assert_eq!(fixed.status(), 200);
+        assert_eq!(app.post_json("/api/chat", Some(&team_key), &body()).await.status(), 200);
     }
 }

@@ -143,3 +143,76 @@ async fn an_unreachable_webhook_is_a_503() {
     assert_eq!(app.ollama.request_count(), 0);
     app.shutdown().await;
 }
+
+/// A webhook that answers every request 200 with `body` as it is (JSON content type).
+async fn start_hook_answering(body: &'static str) -> String {
+    let app = Router::new().route(
+        "/check",
+        post(move || async move {
+            (
+                axum::http::StatusCode::OK,
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/check", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+async fn webhook_app(body: &'static str) -> TestApp {
+    let url = start_hook_answering(body).await;
+    TestApp::builder()
+        .config(move |c| c.auth_webhook.url = Some(url))
+        .spawn()
+        .await
+}
+
+/// An empty 200 body is the delegation contract of SPEC §6.4: allowed, without bounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_200_allows_without_bounds() {
+    let app = webhook_app("").await;
+    let resp = app
+        .post_json("/api/chat", Some("opaque-token"), &chat("qwen2.5:7b"))
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(app.ollama.request_count(), 1);
+    app.shutdown().await;
+}
+
+/// A 200 whose body cannot be read as a grant — not JSON, not an object, or with
+/// `user_id`, `team_id` or `models` of the wrong type — is the common 401, never a
+/// request without bounds (a `models` string meant to restrict must not lift them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_200_is_a_401() {
+    for body in [
+        r#"{"models": "llama3.1:8b"}"#,
+        r#"{"models": [1, 2]}"#,
+        r#"{"user_id": 42}"#,
+        r#"{"team_id": {"id": "blue"}}"#,
+        "allowed",
+        "[]",
+        r#"{"models": ["llama3.1:8b"]"#,
+    ] {
+        let app = webhook_app(body).await;
+        let refused = assert_error(
+            app.post_json("/api/chat", Some("opaque-token"), &chat("llama3.1:8b"))
+                .await,
+            401,
+            "unauthorized",
+        )
+        .await;
+        let bad_key = assert_error(
+            app.get("/api/tags", Some(&format!("sk-{}", "x".repeat(40))))
+                .await,
+            401,
+            "unauthorized",
+        )
+        .await;
+        assert_eq!(refused.message, bad_key.message, "{body}");
+        assert_eq!(app.ollama.request_count(), 0, "{body}");
+        app.shutdown().await;
+    }
+}

@@ -2,8 +2,6 @@
 //! without building a full JSON tree, and rewriting the body only when policy requires
 //! it (dropping `keep_alive`, asking Ollama for streamed usage).
 
-use std::borrow::Cow;
-
 use bytes::Bytes;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
@@ -13,13 +11,24 @@ use crate::config::UpstreamConfig;
 use crate::error::AppError;
 use crate::json::parse_json;
 
+/// Where a route's body names its model (SPEC §5.2.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelField {
+    /// A non-empty string `model` is required.
+    Required,
+    /// `/api/show`: `model`, or Ollama's legacy `name` when `model` is absent or empty.
+    ModelOrName,
+    /// The body names no model that matters (lists; `/v1/models/{model}` has it in the path).
+    None,
+}
+
 #[derive(Deserialize)]
-struct Probe<'a> {
-    #[serde(borrow, default)]
-    model: Option<Cow<'a, str>>,
-    /// Ollama still accepts the legacy `name` (e.g. `/api/show`) when `model` is empty.
-    #[serde(borrow, default)]
-    name: Option<Cow<'a, str>>,
+struct Probe {
+    /// Read as any JSON value so that a model of the wrong type is refused by name.
+    #[serde(default)]
+    model: Option<serde_json::Value>,
+    #[serde(default)]
+    name: Option<serde_json::Value>,
     #[serde(default)]
     stream: Option<bool>,
     #[serde(default)]
@@ -64,17 +73,49 @@ pub struct RequestFacts {
     pub prompt_estimate: u64,
 }
 
-/// Inspects (and, when policy demands, rewrites) a JSON request body.
+/// The model a body names, by the route's rule: a request on a model route without a
+/// model it can be checked against is 400 naming `model`, so nothing unchecked goes on.
+fn model_of(
+    rule: ModelField,
+    model: Option<serde_json::Value>,
+    name: Option<serde_json::Value>,
+) -> Result<Option<String>, AppError> {
+    use serde_json::Value;
+    match (rule, model) {
+        (ModelField::None, _) => Ok(None),
+        (_, Some(Value::String(m))) if !m.is_empty() => Ok(Some(m)),
+        (ModelField::Required, None) => Err(AppError::invalid("missing field `model`")),
+        (ModelField::Required, Some(_)) => Err(AppError::invalid(
+            "field `model` must be a non-empty model name",
+        )),
+        (ModelField::ModelOrName, Some(Value::String(_)) | None) => match name {
+            Some(Value::String(n)) if !n.is_empty() => Ok(Some(n)),
+            None => Err(AppError::invalid("missing field `model`")),
+            Some(_) => Err(AppError::invalid(
+                "field `model` (or `name`) must be a non-empty model name",
+            )),
+        },
+        (ModelField::ModelOrName, Some(_)) => Err(AppError::invalid(
+            "field `model` must be a non-empty model name",
+        )),
+    }
+}
+
+/// Inspects (and, when policy demands, rewrites) a JSON request body. An empty body is
+/// fine only where no model is needed.
 pub fn inspect(
     kind: Kind,
+    rule: ModelField,
     body: Bytes,
     is_admin: bool,
     policy: &UpstreamConfig,
 ) -> Result<(RequestFacts, Bytes), AppError> {
     if body.is_empty() {
+        model_of(rule, None, None)?;
         return Ok((RequestFacts::default(), body));
     }
-    let probe: Probe<'_> = parse_json(&body)?;
+    let probe: Probe = parse_json(&body)?;
+    let model = model_of(rule, probe.model, probe.name)?;
     let stream = match kind {
         Kind::NativeGenerate => probe.stream.unwrap_or(true),
         _ => probe.stream.unwrap_or(false),
@@ -106,11 +147,7 @@ pub fn inspect(
     let strip_keep_alive = !is_admin && !policy.allow_keep_alive && probe.keep_alive.is_some();
     let inject_usage = kind == Kind::OpenAiCompletion && stream && !client_wants_usage;
     let facts = RequestFacts {
-        model: probe
-            .model
-            .filter(|m| !m.is_empty())
-            .or(probe.name)
-            .map(Cow::into_owned),
+        model,
         stream,
         client_wants_usage,
         output_bound,
@@ -151,8 +188,14 @@ mod tests {
     }
 
     fn run(kind: Kind, body: &str, admin: bool) -> (RequestFacts, serde_json::Value) {
-        let (facts, out) =
-            inspect(kind, Bytes::from(body.to_string()), admin, &policy()).expect("ok");
+        let (facts, out) = inspect(
+            kind,
+            ModelField::Required,
+            Bytes::from(body.to_string()),
+            admin,
+            &policy(),
+        )
+        .expect("ok");
         (facts, serde_json::from_slice(&out).expect("json"))
     }
 
@@ -211,8 +254,9 @@ mod tests {
         let mut p = policy();
         p.max_num_ctx = Some(4096);
         let body = Bytes::from_static(br#"{"model":"m","options":{"num_ctx":8192}}"#);
-        assert!(inspect(Kind::NativeGenerate, body.clone(), false, &p).is_err());
-        assert!(inspect(Kind::NativeGenerate, body, true, &p).is_ok());
+        let rule = ModelField::Required;
+        assert!(inspect(Kind::NativeGenerate, rule, body.clone(), false, &p).is_err());
+        assert!(inspect(Kind::NativeGenerate, rule, body, true, &p).is_ok());
     }
 
     #[test]
@@ -241,10 +285,109 @@ mod tests {
     fn malformed_json_is_a_400() {
         let err = inspect(
             Kind::NativeGenerate,
+            ModelField::Required,
             Bytes::from_static(b"{nope"),
             false,
             &policy(),
         );
         assert!(matches!(err, Err(AppError::InvalidRequest(_))));
+    }
+
+    fn message(rule: ModelField, body: &str) -> Option<String> {
+        match inspect(
+            Kind::NativeGenerate,
+            rule,
+            Bytes::from(body.to_string()),
+            true,
+            &policy(),
+        ) {
+            Err(AppError::InvalidRequest(m)) => Some(m),
+            Err(other) => panic!("unexpected {other:?}"),
+            Ok(_) => None,
+        }
+    }
+
+    #[test]
+    fn model_routes_need_a_model_string() {
+        for body in [
+            "",
+            "{}",
+            r#"{"messages":[]}"#,
+            r#"{"model":null}"#,
+            r#"{"model":""}"#,
+            r#"{"model":5}"#,
+            r#"{"model":["llama3.1:8b"]}"#,
+            r#"{"model":{"name":"llama3.1:8b"}}"#,
+            r#"{"name":"llama3.1:8b"}"#,
+            r#"{"model":"","name":"llama3.1:8b"}"#,
+        ] {
+            let m = message(ModelField::Required, body).unwrap_or_else(|| panic!("{body}"));
+            assert!(m.contains("`model`"), "{body}: {m}");
+        }
+        assert!(message(ModelField::Required, r#"{"model":"m"}"#).is_none());
+    }
+
+    #[test]
+    fn show_accepts_the_legacy_name() {
+        let facts = |body: &str| {
+            inspect(
+                Kind::ModelOnly,
+                ModelField::ModelOrName,
+                Bytes::from(body.to_string()),
+                false,
+                &policy(),
+            )
+            .map(|(f, _)| f.model)
+        };
+        assert_eq!(
+            facts(r#"{"model":"a"}"#).ok().flatten().as_deref(),
+            Some("a")
+        );
+        assert_eq!(
+            facts(r#"{"name":"b"}"#).ok().flatten().as_deref(),
+            Some("b")
+        );
+        assert_eq!(
+            facts(r#"{"model":"","name":"b"}"#)
+                .ok()
+                .flatten()
+                .as_deref(),
+            Some("b")
+        );
+        assert_eq!(
+            facts(r#"{"model":"a","name":"b"}"#)
+                .ok()
+                .flatten()
+                .as_deref(),
+            Some("a")
+        );
+        for body in [
+            "",
+            "{}",
+            r#"{"model":""}"#,
+            r#"{"name":""}"#,
+            r#"{"model":"","name":""}"#,
+            r#"{"name":7}"#,
+            r#"{"model":7,"name":"b"}"#,
+            r#"{"model":null,"name":null}"#,
+        ] {
+            let m = message(ModelField::ModelOrName, body).unwrap_or_else(|| panic!("{body}"));
+            assert!(m.contains("`model`"), "{body}: {m}");
+        }
+    }
+
+    #[test]
+    fn routes_without_a_model_read_none() {
+        for body in ["", "{}", r#"{"model":"m"}"#, r#"{"model":5}"#] {
+            let (facts, _) = inspect(
+                Kind::NativeList,
+                ModelField::None,
+                Bytes::from(body.to_string()),
+                false,
+                &policy(),
+            )
+            .expect(body);
+            assert!(facts.model.is_none());
+        }
     }
 }

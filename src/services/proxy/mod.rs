@@ -317,11 +317,7 @@ impl Proxy {
             Answer::Response(r) => r,
             Answer::Merged(value) => {
                 ticket.http_status = 200;
-                let patterns = access::model_patterns(&caller);
-                let value = match patterns {
-                    Some(patterns) => lists::filter_value(value, spec.kind, patterns),
-                    None => value,
-                };
+                let value = lists::filter_value(value, spec.kind, self.list_filter(&caller));
                 ticket.finish(RequestStatus::Success, Default::default());
                 return Ok(axum::Json(value).into_response());
             }
@@ -352,10 +348,9 @@ impl Proxy {
             return Err(err);
         }
 
-        if let (Kind::NativeList | Kind::OpenAiList, Some(patterns)) =
-            (spec.kind, access::model_patterns(&caller))
-        {
-            let response = lists::filtered(upstream, spec.kind, patterns).await;
+        let filter = self.list_filter(&caller);
+        if matches!(spec.kind, Kind::NativeList | Kind::OpenAiList) && filter.filters() {
+            let response = lists::filtered(upstream, spec.kind, filter).await;
             ticket.finish(
                 if response.is_ok() {
                     RequestStatus::Success
@@ -547,15 +542,22 @@ impl Proxy {
         let body = Bytes::from_request(req, &())
             .await
             .map_err(AppError::from)?;
-        let json_body = !matches!(spec.kind, Kind::Plain) && !body.is_empty();
-        let (facts, body) = if json_body {
-            inspect::inspect(spec.kind, body, caller.is_admin(), &self.policy)?
-        } else {
+        let (facts, body) = if spec.kind == Kind::Plain {
             (inspect::RequestFacts::default(), body)
+        } else {
+            inspect::inspect(
+                spec.kind,
+                model_field(spec),
+                body,
+                caller.is_admin(),
+                &self.policy,
+            )?
         };
-        let model = facts.model.clone().or(path_model);
+        // `/v1/models/{model}` is about the model in its path, whatever a body says.
+        let model = path_model.or_else(|| facts.model.clone());
         if let Some(m) = &model {
             access::check_model(caller, m)?;
+            access::check_cloud_model(caller, m, self.policy.allow_cloud_models)?;
         }
         let target = self.target(spec, model.as_deref(), named_server)?;
 
@@ -572,6 +574,15 @@ impl Proxy {
             model,
             permit,
         })
+    }
+
+    /// What the caller's model lists keep: its allow-list, and no cloud models unless
+    /// allowed.
+    fn list_filter<'a>(&self, caller: &'a auth::Caller) -> lists::ListFilter<'a> {
+        lists::ListFilter {
+            patterns: access::model_patterns(caller),
+            hide_cloud: !caller.is_admin() && !self.policy.allow_cloud_models,
+        }
     }
 
     /// `X-Tollgate-Server` on Ollama's admin routes: required with several servers
@@ -693,6 +704,21 @@ impl Proxy {
             .await
             .map_err(limit_error)?;
         Ok(Some(permit))
+    }
+}
+
+/// Where the route's body names the model checked against the caller's allow-list.
+fn model_field(spec: &RouteSpec) -> inspect::ModelField {
+    match spec.kind {
+        Kind::ModelOnly if spec.path == "/api/show" => inspect::ModelField::ModelOrName,
+        Kind::NativeGenerate
+        | Kind::NativeEmbed
+        | Kind::OpenAiCompletion
+        | Kind::OpenAiOther
+        | Kind::ModelOnly => inspect::ModelField::Required,
+        Kind::NativeList | Kind::OpenAiList | Kind::OpenAiModel | Kind::Plain => {
+            inspect::ModelField::None
+        }
     }
 }
 
