@@ -24,6 +24,7 @@ mod console;
 mod foundation;
 mod invalidation;
 mod jwt;
+mod jwt_providers;
 mod jwt_support;
 mod keys;
 mod keys_support;
