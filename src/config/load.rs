@@ -256,13 +256,14 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
             ));
         }
     }
-    for url in &c.jwt.jwks_urls {
-        check_http_url("jwt.jwks_urls", url)?;
-    }
-    if c.jwt.enabled && c.jwt.jwks_urls.is_empty() && c.jwt.public_keys.is_empty() {
+    let providers = c
+        .jwt
+        .resolved_providers()
+        .map_err(|(key, message)| invalid(&key, message))?;
+    if c.jwt.enabled && providers.is_empty() {
         return Err(invalid(
-            "jwt.jwks_urls",
-            "jwt.enabled needs jwks_urls or public_keys",
+            "jwt.providers",
+            "jwt.enabled needs jwt.providers, or the flat jwks_urls or public_keys",
         ));
     }
     if let Some(budget) = c.jwt.auto_register.max_budget
@@ -531,6 +532,38 @@ mod tests {
         );
         let e = err("jwt:\n  auto_register:\n    duration: fortnight\n");
         assert!(e.contains("jwt.auto_register.duration"), "{e}");
+    }
+
+    #[test]
+    fn two_flat_issuers_are_refused_naming_jwt_providers() {
+        let e = err(
+            "jwt:\n  enabled: true\n  jwks_urls: [\"https://a/jwks\", \"https://b/jwks\"]\n  issuers: [\"https://a\", \"https://b\"]\n",
+        );
+        assert!(e.contains("jwt.providers"), "{e}");
+        // Disabled or not: the configuration is ambiguous either way.
+        let e = err("jwt:\n  issuers: [\"https://a\", \"https://b\"]\n");
+        assert!(e.contains("jwt.providers"), "{e}");
+    }
+
+    #[test]
+    fn providers_load_from_yaml() {
+        let yaml = "jwt:\n  enabled: true\n  audiences: [tollgate]\n  providers:\n    - issuer: https://a.example\n      jwks_url: https://a.example/jwks\n    - issuer: https://b.example\n      discovery: true\n      audiences: [api://b]\n";
+        let c = load_from(Some(yaml), &env(&[])).expect("valid");
+        let p = c.jwt.resolved_providers().expect("valid");
+        assert_eq!(p.len(), 2);
+        assert_eq!(p[0].audiences, ["tollgate"]);
+        assert!(p[1].discovery);
+        assert_eq!(p[1].audiences, ["api://b"]);
+        let e = err(
+            "jwt:\n  providers:\n    - issuer: https://a.example\n      jwks_uri: https://a.example/jwks\n",
+        );
+        assert!(e.contains("jwks_uri"), "{e}");
+        let e = err(
+            "jwt:\n  jwks_urls: [\"https://a/jwks\"]\n  providers:\n    - issuer: https://a.example\n      discovery: true\n",
+        );
+        assert!(e.contains("jwt.providers"), "{e}");
+        let e = err("jwt:\n  enabled: true\n");
+        assert!(e.contains("jwt.providers"), "{e}");
     }
 
     #[test]

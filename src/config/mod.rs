@@ -7,9 +7,11 @@
 
 mod duration;
 mod expand;
+mod jwt;
 mod load;
 
 pub use duration::{Duration, parse_duration};
+pub use jwt::{JwtProvider, ProviderConfig};
 pub use load::{ConfigError, load};
 
 use serde::{Deserialize, Serialize};
@@ -328,6 +330,10 @@ pub struct AutoRegisterLimits {
 #[serde(default, deny_unknown_fields)]
 pub struct JwtConfig {
     pub enabled: bool,
+    /// Several identity providers, each key bound to its issuer (SPEC §6.2). Excludes
+    /// the flat `jwks_urls` / `public_keys` / `issuers`; see
+    /// [`JwtConfig::resolved_providers`].
+    pub providers: Vec<ProviderConfig>,
     pub jwks_urls: Vec<String>,
     pub public_keys: Vec<PublicKeyConfig>,
     pub issuers: Vec<String>,
@@ -360,6 +366,7 @@ impl Default for JwtConfig {
     fn default() -> Self {
         Self {
             enabled: false,
+            providers: Vec::new(),
             jwks_urls: Vec::new(),
             public_keys: Vec::new(),
             issuers: Vec::new(),

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
 use testkit::idp::MockIdp;
-use tollgate::config::{Config, UnregisteredPolicy};
+use tollgate::config::{Config, ProviderConfig, UnregisteredPolicy};
 use tollgate::store::{
     KeyFields, KeyFilter, Mapping, Page, Store, StoreResult, Team, TeamFields, UsageFilter,
     UsageRow, VirtualKey,
@@ -35,20 +35,43 @@ pub fn sso(
     sso_many(&[idp], policy)
 }
 
-/// [`sso`] trusting several identity providers at once.
+/// [`sso`] trusting several identity providers at once: one `jwt.providers` entry each
+/// (its issuer and JWKS URL); with a single IdP, the flat `jwks_urls` + `issuers` form.
 pub fn sso_many(
     idps: &[&MockIdp],
     policy: UnregisteredPolicy,
 ) -> impl Fn(&mut Config) + Clone + Send + Sync + use<> {
-    let jwks: Vec<String> = idps.iter().map(|i| i.jwks_url()).collect();
-    let issuers: Vec<String> = idps.iter().map(|i| i.issuer()).collect();
+    let providers: Vec<ProviderConfig> = idps.iter().map(|i| jwks_provider(i)).collect();
     move |c: &mut Config| {
         c.jwt.enabled = true;
-        c.jwt.jwks_urls = jwks.clone();
-        c.jwt.issuers = issuers.clone();
+        match providers.as_slice() {
+            [one] => {
+                c.jwt.jwks_urls = one.jwks_url.iter().cloned().collect();
+                c.jwt.issuers = vec![one.issuer.clone()];
+            }
+            many => c.jwt.providers = many.to_vec(),
+        }
         c.jwt.audiences = vec!["tollgate".into()];
         c.jwt.virtual_key_claim = Some(CLAIM.into());
         c.jwt.unregistered_policy = policy;
+    }
+}
+
+/// A `jwt.providers` entry for `idp`: its issuer and its JWKS URL.
+pub fn jwks_provider(idp: &MockIdp) -> ProviderConfig {
+    ProviderConfig {
+        issuer: idp.issuer(),
+        jwks_url: Some(idp.jwks_url()),
+        ..ProviderConfig::default()
+    }
+}
+
+/// A `jwt.providers` entry for `idp` that finds its JWKS through OIDC discovery.
+pub fn discovery_provider(idp: &MockIdp) -> ProviderConfig {
+    ProviderConfig {
+        issuer: idp.issuer(),
+        discovery: true,
+        ..ProviderConfig::default()
     }
 }
 

@@ -25,6 +25,7 @@ mod fleet;
 mod foundation;
 mod invalidation;
 mod jwt;
+mod jwt_providers;
 mod jwt_support;
 mod keys;
 mod keys_support;

@@ -1,10 +1,17 @@
 //! JWT authentication (SPEC §6.2): signature against JWKS and static keys, the
 //! registered-claim checks, then the policy checks, producing a [`JwtIdentity`].
 //!
+//! **Keys are bound to their issuer.** Every identity provider (`jwt.providers`, or the
+//! flat form as one provider) has a key store of its own. A token's `iss` picks the
+//! provider before any signature is checked, and only that provider's keys may verify
+//! it; the signed `iss` is then checked against the provider again. A token claiming
+//! issuer B but signed with issuer A's key finds no key that verifies it: the usual 401.
+//!
 //! - [`keys`]: JWK/PEM parsing; every key is bound to its key type (and the JWK's own
 //!   `alg`), so RSA/EC/OKP keys only verify their own algorithms and HS* never.
-//! - [`jwks`]: the key store, with the single-flight, rate-limited refetch for unknown
-//!   `kid`s and the periodic refresh that keeps the last good keys.
+//! - [`jwks`]: a provider's key store, with the single-flight, rate-limited refetch for
+//!   unknown `kid`s and the periodic refresh that keeps the last good keys.
+//! - [`discovery`]: `jwks_uri` from `{issuer}/.well-known/openid-configuration`.
 //! - [`claims`]: dotted claim paths and `exp`/`nbf`/`iat`/`iss`/`aud`.
 //! - [`policy`]: `required_scopes`, `allowed_email_domains`, `required_claims`, and the
 //!   identity (user, email, team, org, scopes, admin, role).
@@ -12,6 +19,7 @@
 //! Successful verifications are cached by the token's SHA-256 until `min(exp, 60 s)`.
 
 mod claims;
+mod discovery;
 mod jwks;
 mod keys;
 mod policy;
@@ -29,7 +37,7 @@ use sha2::{Digest, Sha256};
 use crate::config::{JwtConfig, Role};
 use crate::tasks::TaskSpawner;
 use claims::Registered;
-use jwks::{KeySet, KeyStore};
+use jwks::{KeySet, KeyStore, Source};
 use keys::VerifyingKey;
 use policy::Policy;
 
@@ -37,6 +45,10 @@ use policy::Policy;
 const CACHE_FOR_S: i64 = 60;
 /// Bound on the verified-token cache.
 const CACHE_ENTRIES: u64 = 100_000;
+/// First retry of a provider whose keys could never be fetched (IdP down at start-up);
+/// doubled after every failure up to [`RETRY_AT_MOST`] (or `jwks_refresh_s` if shorter).
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_AT_MOST: Duration = Duration::from_secs(30);
 
 /// The result of a verified, policy-approved JWT.
 #[derive(Debug, Clone)]
@@ -101,6 +113,16 @@ enum Attempt {
     BadSignature,
 }
 
+/// One identity provider: the issuer it speaks for, the registered-claim checks for its
+/// tokens, and the only keys that may verify them.
+#[derive(Debug)]
+struct Provider {
+    /// `None` only for the flat form without `issuers` (then the only provider).
+    issuer: Option<String>,
+    registered: Registered,
+    store: KeyStore,
+}
+
 /// Verifies JWTs. `Send + Sync`; share it as `Arc<JwtVerifier>`.
 pub struct JwtVerifier {
     /// The allowed algorithms, each with a signature-only `Validation` (the claims are
@@ -108,9 +130,8 @@ pub struct JwtVerifier {
     algorithms: Vec<(Algorithm, Validation)>,
     max_token_bytes: usize,
     refresh_every: Duration,
-    registered: Registered,
     policy: Policy,
-    store: KeyStore,
+    providers: Vec<Provider>,
     cache: Option<moka::sync::Cache<[u8; 32], Arc<CachedIdentity>>>,
     #[cfg(test)]
     signature_checks: std::sync::atomic::AtomicUsize,
@@ -123,14 +144,16 @@ impl std::fmt::Debug for JwtVerifier {
                 "algorithms",
                 &self.algorithms.iter().map(|(a, _)| a).collect::<Vec<_>>(),
             )
-            .field("store", &self.store)
+            .field("providers", &self.providers)
             .finish_non_exhaustive()
     }
 }
 
 impl JwtVerifier {
-    /// Builds from configuration. Static `public_keys` are parsed now (a bad one is an
-    /// error naming `jwt.public_keys[i]`); JWKS URLs are fetched by
+    /// Builds from configuration (`jwt.providers`, or the flat form as one provider; an
+    /// ambiguous or contradictory one is an error naming the key). Static `public_keys`
+    /// are parsed now (a bad one is an error naming `jwt.public_keys[i]` or
+    /// `jwt.providers[i].public_keys[j]`); JWKS are fetched by
     /// [`start_refresh`](Self::start_refresh), or lazily by the first verification.
     pub fn new(config: &JwtConfig, http: reqwest::Client) -> Result<Self, String> {
         let mut algorithms: Vec<(Algorithm, Validation)> = Vec::new();
@@ -156,21 +179,42 @@ impl JwtVerifier {
         if algorithms.is_empty() {
             return Err("jwt.algorithms: at least one algorithm is required".into());
         }
-        let static_keys = config
-            .public_keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| {
-                keys::parse_pem(&k.pem, k.kid.clone())
-                    .map_err(|e| format!("jwt.public_keys[{i}]: {e}"))
+        let leeway = i64::try_from(config.leeway_s).unwrap_or(i64::MAX);
+        let providers = config
+            .resolved_providers()
+            .map_err(|(key, message)| format!("{key}: {message}"))?
+            .into_iter()
+            .map(|p| {
+                let static_keys = p
+                    .public_keys
+                    .iter()
+                    .enumerate()
+                    .map(|(i, k)| {
+                        keys::parse_pem(&k.pem, k.kid.clone())
+                            .map_err(|e| format!("{}.public_keys[{i}]: {e}", p.path))
+                    })
+                    .collect::<Result<Vec<VerifyingKey>, String>>()?;
+                let mut sources: Vec<Source> =
+                    p.jwks_urls.iter().cloned().map(Source::Jwks).collect();
+                if let (true, Some(issuer)) = (p.discovery, &p.issuer) {
+                    sources.push(Source::Discovery(issuer.clone()));
+                }
+                Ok(Provider {
+                    registered: Registered {
+                        leeway,
+                        issuers: p.issuer.iter().cloned().collect(),
+                        audiences: p.audiences,
+                    },
+                    issuer: p.issuer,
+                    store: KeyStore::new(
+                        http.clone(),
+                        sources,
+                        static_keys,
+                        Duration::from_secs(config.jwks_min_refetch_s),
+                    ),
+                })
             })
-            .collect::<Result<Vec<VerifyingKey>, String>>()?;
-        let store = KeyStore::new(
-            http,
-            config.jwks_urls.clone(),
-            static_keys,
-            Duration::from_secs(config.jwks_min_refetch_s),
-        );
+            .collect::<Result<Vec<Provider>, String>>()?;
         let cache = config.verified_token_cache.then(|| {
             moka::sync::Cache::builder()
                 .max_capacity(CACHE_ENTRIES)
@@ -181,39 +225,51 @@ impl JwtVerifier {
             algorithms,
             max_token_bytes: config.max_token_bytes,
             refresh_every: Duration::from_secs(config.jwks_refresh_s.max(1)),
-            registered: Registered {
-                leeway: i64::try_from(config.leeway_s).unwrap_or(i64::MAX),
-                issuers: config.issuers.clone(),
-                audiences: config.audiences.clone(),
-            },
             policy: Policy::new(config),
-            store,
+            providers,
             cache,
             #[cfg(test)]
             signature_checks: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
-    /// Starts the periodic JWKS refresh: at once, then every `jwks_refresh_s`. A failed
-    /// refresh logs a warning and keeps the last good keys. Stops at shutdown or when the
-    /// verifier is dropped. Does nothing without `jwks_urls`.
+    /// Starts the JWKS refresh of every provider that fetches keys: at once, then every
+    /// `jwks_refresh_s`. A failed refresh logs a warning and keeps the last good keys. A
+    /// provider that has never served keys (its IdP was down at start-up, or its
+    /// discovery document was refused) is retried sooner: after 1 s, then twice as long
+    /// each time, up to 30 s (or `jwks_refresh_s` if shorter); its tokens get 401
+    /// meanwhile, and the other providers are not held up. Stops at shutdown or when the
+    /// verifier is dropped.
     pub fn start_refresh(self: &Arc<Self>, tasks: &TaskSpawner) {
-        if !self.store.has_urls() {
-            return;
-        }
-        let verifier = Arc::downgrade(self);
-        let every = self.refresh_every;
-        tasks.spawn_loop("JWKS refresh", async move {
-            let mut ticker = tokio::time::interval(every);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticker.tick().await;
-                let Some(verifier) = verifier.upgrade() else {
-                    break;
-                };
-                verifier.store.refresh().await;
+        for (index, provider) in self.providers.iter().enumerate() {
+            if !provider.store.has_urls() {
+                continue;
             }
-        });
+            let verifier = Arc::downgrade(self);
+            let every = self.refresh_every;
+            tasks.spawn_loop("JWKS refresh", async move {
+                let mut retry = RETRY_FIRST;
+                loop {
+                    let Some(v) = verifier.upgrade() else {
+                        break;
+                    };
+                    let Some(provider) = v.providers.get(index) else {
+                        break;
+                    };
+                    let loaded = provider.store.refresh().await;
+                    drop(v);
+                    let wait = if loaded {
+                        retry = RETRY_FIRST;
+                        every
+                    } else {
+                        let wait = retry.min(every);
+                        retry = (retry * 2).min(RETRY_AT_MOST);
+                        wait
+                    };
+                    tokio::time::sleep(wait).await;
+                }
+            });
+        }
     }
 
     /// Runs every JWT check of SPEC §6.2, then the policy checks. Failures are logged at
@@ -302,16 +358,24 @@ impl JwtVerifier {
         };
         let kid = header.kid.as_deref();
 
-        let (seen, set) = self.store.snapshot();
+        // The claimed issuer picks the only keys that may verify the token; the signed
+        // `iss` is checked against the same provider below.
+        let claimed = unverified_issuer(token).map_err(Unauthorized)?;
+        let provider = self
+            .provider_for(claimed.as_deref())
+            .ok_or(Unauthorized("jwt_wrong_issuer"))?;
+        let store = &provider.store;
+
+        let (seen, set) = store.snapshot();
         let mut attempt = self.attempt(&set, token, kid, alg, validation, false);
         let retry = match attempt {
             Attempt::NoKey => true,
             // Without a kid, a failure against every key of the type may mean rotation.
-            Attempt::BadSignature => kid.is_none() && self.store.has_urls(),
+            Attempt::BadSignature => kid.is_none() && store.has_urls(),
             Attempt::Verified(_) | Attempt::KeyMismatch => false,
         };
         if retry {
-            match self.store.refetch(seen).await {
+            match store.refetch(seen).await {
                 Some(set) => attempt = self.attempt(&set, token, kid, alg, validation, true),
                 None if kid.is_some() => {
                     attempt = self.attempt(&set, token, kid, alg, validation, true);
@@ -327,7 +391,10 @@ impl JwtVerifier {
             Attempt::BadSignature => return Err(Unauthorized("jwt_bad_signature")),
         };
 
-        let exp = self.registered.check(&claims, now).map_err(Unauthorized)?;
+        let exp = provider
+            .registered
+            .check(&claims, now)
+            .map_err(Unauthorized)?;
         let identity = self
             .policy
             .evaluate(Arc::new(claims), exp)
@@ -344,6 +411,18 @@ impl JwtVerifier {
             }
         }
         Ok(identity)
+    }
+
+    /// The provider whose keys may verify a token claiming `issuer`: the one configured
+    /// for exactly that issuer, else the flat form's any-issuer provider if there is one.
+    fn provider_for(&self, issuer: Option<&str>) -> Option<&Provider> {
+        issuer
+            .and_then(|iss| {
+                self.providers
+                    .iter()
+                    .find(|p| p.issuer.as_deref() == Some(iss))
+            })
+            .or_else(|| self.providers.iter().find(|p| p.issuer.is_none()))
     }
 
     /// Tries the keys of `set` that may verify this token. With a `kid`, only keys
@@ -414,4 +493,22 @@ fn declares_unknown_alg(token: &str) -> bool {
                 .map(|a| Algorithm::from_str(a).is_err())
         })
         .unwrap_or(false)
+}
+
+/// The `iss` a token claims, read from its (not yet verified) payload only to pick the
+/// keys that may verify it. `None` when there is no `iss`; a payload that is not a JSON
+/// object, or an `iss` that is not a string, is an error reason.
+fn unverified_issuer(token: &str) -> Result<Option<String>, &'static str> {
+    use base64::Engine;
+    let segment = token.split('.').nth(1).unwrap_or_default();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(segment)
+        .map_err(|_| "jwt_malformed")?;
+    let claims: serde_json::Map<String, Value> =
+        serde_json::from_slice(&bytes).map_err(|_| "jwt_invalid_claims")?;
+    match claims.get("iss") {
+        None => Ok(None),
+        Some(Value::String(iss)) => Ok(Some(iss.clone())),
+        Some(_) => Err("jwt_invalid_claims"),
+    }
 }

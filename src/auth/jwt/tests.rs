@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use testkit::idp::{AUDIENCE, MockIdp, SIGNING_ALGORITHMS};
 
 use super::*;
-use crate::config::PublicKeyConfig;
+use crate::config::{ProviderConfig, PublicKeyConfig};
 
 fn config(idp: &MockIdp) -> JwtConfig {
     JwtConfig {
@@ -319,7 +319,13 @@ fn old_kid(token: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_unknown_kids_share_one_fetch() {
     let idp = MockIdp::start().await;
-    let v = Arc::new(verifier(&config(&idp)));
+    // An interval no slow machine outlasts: signing 100 tokens in a debug build may take
+    // longer than the default 10 s.
+    let config = || JwtConfig {
+        jwks_min_refetch_s: 3600,
+        ..config(&idp)
+    };
+    let v = Arc::new(verifier(&config()));
     let claims = idp.standard_claims("frank");
 
     // 100 concurrent first requests: one (lazy) load.
@@ -353,7 +359,7 @@ async fn concurrent_unknown_kids_share_one_fetch() {
     assert_eq!(idp.fetch_count(), 2);
 
     // A fresh verifier whose set is loaded: 100 unknown kids cause exactly one fetch.
-    let v = Arc::new(verifier(&config(&idp)));
+    let v = Arc::new(verifier(&config()));
     v.verify(&idp.sign(Algorithm::RS256, &claims))
         .await
         .expect("load");
@@ -404,12 +410,12 @@ async fn a_failed_refresh_keeps_the_last_good_keys() {
     v.verify(&token).await.expect("loaded");
 
     idp.set_available(false);
-    v.store.refresh().await;
+    v.providers[0].store.refresh().await;
     assert_eq!(idp.fetch_count(), 2);
     v.verify(&token).await.expect("kept after a 500");
 
     idp.stop().await;
-    v.store.refresh().await;
+    v.providers[0].store.refresh().await;
     v.verify(&token)
         .await
         .expect("kept after a refused connection");
@@ -451,14 +457,24 @@ async fn periodic_refresh_follows_rotation_and_survives_an_outage() {
     assert!(tasks.shutdown(std::time::Duration::from_secs(5)).await);
 }
 
+/// A provider of `jwt.providers` fetching its keys from `jwks_url`.
+fn jwks_provider(idp: &MockIdp) -> ProviderConfig {
+    ProviderConfig {
+        issuer: idp.issuer(),
+        jwks_url: Some(idp.jwks_url()),
+        ..ProviderConfig::default()
+    }
+}
+
 #[tokio::test]
-async fn several_jwks_urls_are_merged_and_fail_independently() {
+async fn several_providers_verify_their_own_tokens_and_fail_independently() {
     let a = MockIdp::start().await;
     let b = MockIdp::start().await;
     b.rotate(); // different keys from `a`
     let v = verifier(&JwtConfig {
-        jwks_urls: vec![a.jwks_url(), b.jwks_url()],
-        issuers: vec![a.issuer(), b.issuer()],
+        jwks_urls: vec![],
+        issuers: vec![],
+        providers: vec![jwks_provider(&a), jwks_provider(&b)],
         ..config(&a)
     });
     v.verify(&a.sign(Algorithm::ES256, &a.standard_claims("x")))
@@ -473,12 +489,176 @@ async fn several_jwks_urls_are_merged_and_fail_independently() {
     let c = MockIdp::start().await;
     c.set_available(false);
     let v = verifier(&JwtConfig {
-        jwks_urls: vec![c.jwks_url(), a.jwks_url()],
+        jwks_urls: vec![],
+        issuers: vec![],
+        providers: vec![jwks_provider(&c), jwks_provider(&a)],
         ..config(&a)
     });
     v.verify(&a.sign(Algorithm::EdDSA, &a.standard_claims("z")))
         .await
         .expect("a still verifies");
+    assert_eq!(
+        reason(
+            v.verify(&c.sign(Algorithm::EdDSA, &c.standard_claims("z")))
+                .await
+        ),
+        "jwt_unknown_kid"
+    );
+
+    // The flat form with one issuer may still merge several JWKS URLs.
+    let v = verifier(&JwtConfig {
+        jwks_urls: vec![c.jwks_url(), a.jwks_url()],
+        ..config(&a)
+    });
+    v.verify(&a.sign(Algorithm::EdDSA, &a.standard_claims("w")))
+        .await
+        .expect("a through the flat form");
+}
+
+/// SPEC §6.2: a key verifies only tokens of the issuer it was configured for, whether
+/// it came from a JWKS or a static PEM, with or without a `kid`.
+#[tokio::test]
+async fn keys_are_bound_to_their_issuer() {
+    let a = MockIdp::start().await;
+    let b = MockIdp::start().await;
+    b.rotate();
+    let statics = ProviderConfig {
+        issuer: "urn:static".into(),
+        public_keys: vec![PublicKeyConfig {
+            pem: b.public_pem(Algorithm::ES256),
+            kid: None,
+        }],
+        ..ProviderConfig::default()
+    };
+    let v = verifier(&JwtConfig {
+        jwks_urls: vec![],
+        issuers: vec![],
+        providers: vec![jwks_provider(&a), jwks_provider(&b), statics],
+        verified_token_cache: false,
+        ..config(&a)
+    });
+    let claiming = |iss: &str| with(a.standard_claims("mallory"), "iss", json!(iss));
+    for alg in SIGNING_ALGORITHMS {
+        // Signed by a, claiming b: b's keys do not verify it.
+        let forged = a.sign(alg, &claiming(&b.issuer()));
+        let r = reason(v.verify(&forged).await);
+        assert!(r == "jwt_unknown_kid", "{alg:?}: {r}");
+        let forged = a.sign_with_kid(alg, None, &claiming(&b.issuer()));
+        let r = reason(v.verify(&forged).await);
+        assert!(
+            r == "jwt_bad_signature" || r == "jwt_no_key_for_alg",
+            "{alg:?}: {r}"
+        );
+        // ... nor does a static key of another provider.
+        let forged = a.sign_with_kid(alg, None, &claiming("urn:static"));
+        let r = reason(v.verify(&forged).await);
+        assert!(
+            r == "jwt_bad_signature" || r == "jwt_no_key_for_alg",
+            "{alg:?}: {r}"
+        );
+        // An issuer nobody configured.
+        let r = reason(v.verify(&a.sign(alg, &claiming("https://nobody"))).await);
+        assert_eq!(r, "jwt_wrong_issuer", "{alg:?}");
+        // Its own tokens verify.
+        v.verify(&a.sign(alg, &a.standard_claims("alice")))
+            .await
+            .unwrap_or_else(|e| panic!("{alg:?}: {e:?}"));
+        v.verify(&b.sign(alg, &b.standard_claims("bob")))
+            .await
+            .unwrap_or_else(|e| panic!("{alg:?}: {e:?}"));
+    }
+    let own = b.sign_with_kid(Algorithm::ES256, None, &claiming("urn:static"));
+    let id = v.verify(&own).await.expect("the static key's own issuer");
+    assert_eq!(id.issuer, "urn:static");
+    // A token without `iss` belongs to no provider.
+    let r = reason(
+        v.verify(&a.sign(Algorithm::RS256, &without(a.standard_claims("n"), "iss")))
+            .await,
+    );
+    assert_eq!(r, "jwt_wrong_issuer");
+}
+
+#[tokio::test]
+async fn provider_audiences_override_jwt_audiences() {
+    let a = MockIdp::start().await;
+    let b = MockIdp::start().await;
+    let v = verifier(&JwtConfig {
+        jwks_urls: vec![],
+        issuers: vec![],
+        providers: vec![
+            ProviderConfig {
+                audiences: Some(vec!["api://a".into()]),
+                ..jwks_provider(&a)
+            },
+            jwks_provider(&b),
+        ],
+        ..config(&a)
+    });
+    let aud = |idp: &MockIdp, aud: &str| {
+        idp.sign(
+            Algorithm::RS256,
+            &with(idp.standard_claims("u"), "aud", json!(aud)),
+        )
+    };
+    v.verify(&aud(&a, "api://a"))
+        .await
+        .expect("a's own audience");
+    assert_eq!(
+        reason(v.verify(&aud(&a, AUDIENCE)).await),
+        "jwt_wrong_audience"
+    );
+    v.verify(&aud(&b, AUDIENCE))
+        .await
+        .expect("b inherits jwt.audiences");
+    assert_eq!(
+        reason(v.verify(&aud(&b, "api://a")).await),
+        "jwt_wrong_audience"
+    );
+}
+
+#[tokio::test]
+async fn discovery_reads_jwks_uri_and_refuses_another_issuer() {
+    let a = MockIdp::start().await;
+    let b = MockIdp::start().await;
+    b.rotate();
+    let discovered = |idp: &MockIdp| ProviderConfig {
+        issuer: idp.issuer(),
+        discovery: true,
+        ..ProviderConfig::default()
+    };
+    b.set_discovery_issuer(Some(&a.issuer()));
+    let v = verifier(&JwtConfig {
+        jwks_urls: vec![],
+        issuers: vec![],
+        providers: vec![discovered(&a), discovered(&b)],
+        verified_token_cache: false,
+        ..config(&a)
+    });
+    let claims = a.standard_claims("dora");
+    v.verify(&a.sign(Algorithm::RS256, &claims))
+        .await
+        .expect("keys through discovery");
+    assert_eq!((a.discovery_count(), a.fetch_count()), (1, 1));
+    // Every fetch reads the document again.
+    a.rotate();
+    v.verify(&a.sign(Algorithm::RS256, &claims))
+        .await
+        .expect("rotated keys through discovery");
+    assert_eq!((a.discovery_count(), a.fetch_count()), (2, 2));
+
+    // b's document names a's issuer: refused, its JWKS never fetched, its tokens 401.
+    let r = reason(
+        v.verify(&b.sign(Algorithm::RS256, &b.standard_claims("eve")))
+            .await,
+    );
+    assert_eq!(r, "jwt_unknown_kid");
+    assert_eq!((b.discovery_count(), b.fetch_count()), (1, 0));
+    // Once it tells the truth, the next fetch loads its keys.
+    b.set_discovery_issuer(None);
+    assert!(v.providers[1].store.refresh().await);
+    v.verify(&b.sign(Algorithm::RS256, &b.standard_claims("eve")))
+        .await
+        .expect("b after an honest document");
 }
 
 #[tokio::test]

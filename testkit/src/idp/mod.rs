@@ -7,6 +7,13 @@
 //! complete sets for [`rotate`](MockIdp::rotate) and a foreign set that is never
 //! published.
 //!
+//! Several IdPs in one test are independent servers with issuers of their own; they
+//! start on the same fixture set, so [`rotate`](MockIdp::rotate) one of them when their
+//! keys must differ. The discovery document can be made to name another issuer
+//! ([`set_discovery_issuer`](MockIdp::set_discovery_issuer)), and an IdP can be
+//! [`stop`](MockIdp::stop)ped and [`restart`](MockIdp::restart)ed on the same address
+//! (an IdP that is down at the gateway's start-up, then comes up).
+//!
 //! ```no_run
 //! # async fn demo() {
 //! use jsonwebtoken::Algorithm;
@@ -49,7 +56,11 @@ const WAIT_LIMIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug)]
 struct Shared {
+    addr: SocketAddr,
     issuer: String,
+    /// The `issuer` the discovery document names instead of the real one.
+    discovery_issuer: std::sync::Mutex<Option<String>>,
+    discoveries: watch::Sender<usize>,
     /// Index into [`SETS`] of the set currently served and signed with.
     current: AtomicUsize,
     available: AtomicBool,
@@ -67,7 +78,7 @@ impl Shared {
 #[derive(Clone)]
 pub struct MockIdp {
     shared: Arc<Shared>,
-    server: Arc<ServerHandle>,
+    server: Arc<tokio::sync::Mutex<ServerHandle>>,
 }
 
 impl fmt::Debug for MockIdp {
@@ -81,9 +92,16 @@ impl fmt::Debug for MockIdp {
 }
 
 async fn discovery(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    shared.discoveries.send_modify(|n| *n += 1);
     let issuer = &shared.issuer;
+    let named = shared
+        .discovery_issuer
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+        .unwrap_or_else(|| issuer.clone());
     Json(json!({
-        "issuer": issuer,
+        "issuer": named,
         "jwks_uri": format!("{issuer}/jwks.json"),
         "authorization_endpoint": format!("{issuer}/authorize"),
         "token_endpoint": format!("{issuer}/token"),
@@ -122,22 +140,22 @@ impl MockIdp {
         let mut state = None;
         let server = ServerHandle::spawn_with(|addr| {
             let shared = Arc::new(Shared {
+                addr,
                 issuer: format!("http://{addr}"),
+                discovery_issuer: std::sync::Mutex::new(None),
+                discoveries: watch::Sender::new(0),
                 current: AtomicUsize::new(0),
                 available: AtomicBool::new(true),
                 fetches: watch::Sender::new(0),
             });
             state = Some(Arc::clone(&shared));
-            Router::new()
-                .route("/.well-known/openid-configuration", get(discovery))
-                .route("/jwks.json", get(jwks))
-                .with_state(shared)
+            router(shared)
         })
         .await;
         let shared = state.expect("testkit: IdP state is built with the router");
         Self {
             shared,
-            server: Arc::new(server),
+            server: Arc::new(tokio::sync::Mutex::new(server)),
         }
     }
 
@@ -158,12 +176,52 @@ impl MockIdp {
 
     /// The bound address.
     pub fn addr(&self) -> SocketAddr {
-        self.server.addr()
+        self.shared.addr
     }
 
     /// Stop serving (connections are refused afterwards). Returns once it is all closed. Idempotent.
     pub async fn stop(&self) {
-        self.server.stop().await;
+        self.server.lock().await.stop().await;
+    }
+
+    /// Serve again on the same address, with the same issuer, keys and counters (stops
+    /// first if it is running). Panics if the address cannot be bound again.
+    pub async fn restart(&self) {
+        let mut server = self.server.lock().await;
+        server.stop().await;
+        let shared = Arc::clone(&self.shared);
+        let addr = self.shared.addr.to_string();
+        *server = ServerHandle::spawn_on(&addr, |_| router(shared))
+            .await
+            .unwrap_or_else(|e| panic!("testkit: rebinding the IdP on {addr}: {e}"));
+    }
+
+    /// Make the discovery document name `issuer` instead of the real one (a lying or
+    /// misconfigured IdP); `None` restores the truth. Its `jwks_uri` stays this IdP's.
+    pub fn set_discovery_issuer(&self, issuer: Option<&str>) {
+        *self
+            .shared
+            .discovery_issuer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = issuer.map(str::to_owned);
+    }
+
+    /// Discovery-document requests received.
+    pub fn discovery_count(&self) -> usize {
+        *self.shared.discoveries.borrow()
+    }
+
+    /// Wait until at least `n` discovery-document requests were received (panics after
+    /// 30 s).
+    pub async fn wait_for_discoveries(&self, n: usize) {
+        let mut rx = self.shared.discoveries.subscribe();
+        let waited = tokio::time::timeout(WAIT_LIMIT, rx.wait_for(|c| *c >= n)).await;
+        if waited.is_err() {
+            panic!(
+                "testkit: timed out waiting for {n} discovery requests (got {})",
+                self.discovery_count()
+            );
+        }
     }
 
     /// JWKS requests received (including those answered 500 while unavailable).
@@ -272,6 +330,13 @@ impl MockIdp {
             "nbf": now,
         })
     }
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/.well-known/openid-configuration", get(discovery))
+        .route("/jwks.json", get(jwks))
+        .with_state(shared)
 }
 
 fn sign_with(alg: Algorithm, kid: Option<&str>, key: &EncodingKey, claims: &Value) -> String {
