@@ -9,7 +9,9 @@ mod duration;
 mod expand;
 mod load;
 
-pub use duration::{Duration, parse_duration};
+pub use duration::{
+    Duration, MAX_SECS as MAX_DURATION_SECS, parse_duration, pattern as duration_pattern,
+};
 pub use load::{ConfigError, load};
 
 use serde::{Deserialize, Serialize};
