@@ -89,6 +89,14 @@ pub fn apply(doc: &mut Value) -> Result<(), String> {
         &[("team_id", present_string()), ("team_ids", present_list())],
     )?;
 
+    // No NUL in any declared string of a management request (`http::extract`).
+    for schema in REQUEST_SCHEMAS {
+        let target = schemas
+            .get_mut(*schema)
+            .ok_or_else(|| format!("no schema {schema}"))?;
+        refuse_nul(target);
+    }
+
     let paths = doc
         .get_mut("paths")
         .and_then(Value::as_object_mut)
@@ -113,6 +121,21 @@ pub fn apply(doc: &mut Value) -> Result<(), String> {
             json!([{"format": "date"}, {"format": "date-time"}]),
         );
     }
+    for (path, item) in paths.iter_mut() {
+        if !MANAGEMENT_PREFIXES.iter().any(|p| path.starts_with(p)) {
+            continue;
+        }
+        if let Some(params) = item
+            .pointer_mut("/get/parameters")
+            .and_then(Value::as_array_mut)
+        {
+            for param in params {
+                if let Some(schema) = param.get_mut("schema") {
+                    refuse_nul(schema);
+                }
+            }
+        }
+    }
     // `key` or `key_id`: one query object, so that the rule can be stated.
     let info = paths
         .get_mut("/key/info")
@@ -133,6 +156,59 @@ pub fn apply(doc: &mut Value) -> Result<(), String> {
         }]),
     );
     Ok(())
+}
+
+/// The request bodies (and query objects) of the management routes.
+const REQUEST_SCHEMAS: &[&str] = &[
+    "KeyRef",
+    "GenerateKey",
+    "UpdateKey",
+    "DeleteKeys",
+    "NewTeam",
+    "UpdateTeam",
+    "DeleteTeams",
+    "NewMapping",
+    "UpdateMapping",
+    "MappingId",
+];
+
+/// Paths of the management routes.
+const MANAGEMENT_PREFIXES: &[&str] = &["/key/", "/team/", "/jwt/key/mapping/", "/spend/"];
+
+/// Adds "no NUL" to every string schema inside `schema`, except `metadata`, which is
+/// kept as JSON and may hold anything.
+fn refuse_nul(schema: &mut Value) {
+    let Some(object) = schema.as_object_mut() else {
+        return;
+    };
+    let is_string = match object.get("type") {
+        Some(Value::String(t)) => t == "string",
+        Some(Value::Array(types)) => types.iter().any(|t| t == "string"),
+        _ => false,
+    };
+    if is_string && !object.contains_key("not") {
+        object.insert("not".into(), json!({"type": "string", "pattern": "\\x00"}));
+    }
+    for (name, child) in object.iter_mut() {
+        match name.as_str() {
+            "properties" => {
+                if let Some(properties) = child.as_object_mut() {
+                    for (property, schema) in properties.iter_mut() {
+                        if property != "metadata" {
+                            refuse_nul(schema);
+                        }
+                    }
+                }
+            }
+            "items" => refuse_nul(child),
+            "anyOf" | "oneOf" | "allOf" => {
+                if let Some(branches) = child.as_array_mut() {
+                    branches.iter_mut().for_each(refuse_nul);
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Merges `patch` into the schema at `path` (`property` or `property/items`) of the
