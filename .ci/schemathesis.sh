@@ -150,7 +150,9 @@ run() {
     fi
     local summary
     summary=$(grep -E '^=+ .* in [0-9.]+s =+$' "$WORK/$name.log" | tail -n 1 | sed -E 's/^=+ //; s/ =+$//' || true)
-    echo "schemathesis $name: ${summary:-no summary (exit $status)}"
+    local cases
+    cases=$(grep -E '^ +[0-9]+ generated' "$WORK/$name.log" | tail -n 1 | sed -E 's/^ +//' || true)
+    echo "schemathesis $name: ${summary:-no summary (exit $status)}${cases:+ ($cases)}"
 }
 
 ensure_schemathesis
