@@ -67,3 +67,120 @@ where
 {
     serde::Deserialize::deserialize(de).map(Some)
 }
+
+/// The largest integer a limit may have: 2^53, the last of the integers every JSON
+/// reader holds exactly (SPEC §4.2: "integers beyond 2^53" are refused).
+pub const MAX_EXACT_INTEGER: u64 = 1 << 53;
+
+/// A count limit from a caller (`tpm_limit`, `rpm_limit`, `max_parallel_requests`): a
+/// whole number from 0 to 2^53, never clamped.
+///
+/// JSON does not tell `2507` from `2507.0` (JSON Schema's `integer` admits both), so an
+/// integral number is accepted in either spelling; a fraction, a negative number or
+/// anything beyond 2^53 is refused, naming the field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit(pub u64);
+
+impl Limit {
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Limit {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        de.deserialize_any(WholeVisitor {
+            max: MAX_EXACT_INTEGER,
+        })
+        .map(Limit)
+    }
+}
+
+impl utoipa::PartialSchema for Limit {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .description(Some("A whole number from 0 to 2^53 (9007199254740992)."))
+            .minimum(Some(0))
+            .maximum(Some(MAX_EXACT_INTEGER as f64))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Limit {
+    fn name() -> std::borrow::Cow<'static, str> {
+        std::borrow::Cow::Borrowed("Limit")
+    }
+}
+
+/// Reads a whole number from 0 to `max` from a JSON integer or an integral JSON number.
+pub(crate) struct WholeVisitor {
+    pub max: u64,
+}
+
+impl WholeVisitor {
+    fn bounded<E: serde::de::Error>(&self, n: u64) -> Result<u64, E> {
+        if n > self.max {
+            Err(E::custom(format!("must be at most {}", self.max)))
+        } else {
+            Ok(n)
+        }
+    }
+}
+
+impl serde::de::Visitor<'_> for WholeVisitor {
+    type Value = u64;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "a whole number from 0 to {}", self.max)
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<u64, E> {
+        self.bounded(n)
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<u64, E> {
+        match u64::try_from(n) {
+            Ok(n) => self.bounded(n),
+            Err(_) => Err(E::custom("must not be negative")),
+        }
+    }
+
+    fn visit_u128<E: serde::de::Error>(self, n: u128) -> Result<u64, E> {
+        match u64::try_from(n) {
+            Ok(n) => self.bounded(n),
+            Err(_) => Err(E::custom(format!("must be at most {}", self.max))),
+        }
+    }
+
+    fn visit_i128<E: serde::de::Error>(self, n: i128) -> Result<u64, E> {
+        if n < 0 {
+            return Err(E::custom("must not be negative"));
+        }
+        self.visit_u128(n.unsigned_abs())
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<u64, E> {
+        if !n.is_finite() || n.fract() != 0.0 {
+            return Err(E::custom("must be a whole number"));
+        }
+        if n < 0.0 {
+            return Err(E::custom("must not be negative"));
+        }
+        // Exact: `max` is at most 2^53 here, and every integral f64 up to it is an integer.
+        if n > self.max as f64 {
+            return Err(E::custom(format!("must be at most {}", self.max)));
+        }
+        Ok(n as u64)
+    }
+}
+
+/// Whether `text` has a character other than space, tab, CR and LF — the rule for names
+/// that must not be blank, spelled the same way in `/openapi.json` ([`NOT_BLANK`]).
+pub fn is_blank(text: &str) -> bool {
+    text.chars().all(|c| matches!(c, ' ' | '\t' | '\r' | '\n'))
+}
+
+/// The `pattern` of a string that must not be blank (see [`is_blank`]).
+pub const NOT_BLANK: &str = "[^ \\t\\r\\n]";

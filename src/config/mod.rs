@@ -10,7 +10,9 @@ mod expand;
 mod jwt;
 mod load;
 
-pub use duration::{Duration, parse_duration};
+pub use duration::{
+    Duration, MAX_SECS as MAX_DURATION_SECS, parse_duration, pattern as duration_pattern,
+};
 pub use jwt::{JwtProvider, ProviderConfig};
 pub use load::{ConfigError, load};
 

@@ -13,6 +13,7 @@ pub mod extract;
 pub mod gate;
 pub mod middleware;
 pub mod openapi;
+mod openapi_rules;
 pub mod ops;
 pub mod proxy;
 pub mod router;

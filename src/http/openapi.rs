@@ -22,30 +22,35 @@ use utoipa::openapi::path::{
 };
 use utoipa::openapi::request_body::RequestBodyBuilder;
 use utoipa::openapi::response::ResponseBuilder;
-use utoipa::openapi::schema::{ObjectBuilder, Type};
+use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, Required, Schema};
 use utoipa::{IntoResponses, Modify, OpenApi, PartialSchema, ToSchema};
 
-use crate::config::Duration;
+use crate::config::{Duration, MAX_DURATION_SECS, duration_pattern};
 use crate::error::{AppError, ErrorBody, ErrorDetail};
 use crate::services::proxy::routes::{Kind, ROUTES, RouteSpec};
 
 /// The name of the security scheme every authenticated route requires.
 pub const BEARER: &str = "bearer";
 
-/// Durations are strings: a whole number followed by `s`, `m`, `h`, `d` or `w`.
+/// Durations are strings — a whole number followed by `s`, `m`, `h`, `d` or `w` — or a
+/// whole number of seconds; from 1 second to 100 years either way. The pattern is the
+/// parser's own ([`crate::config::duration_pattern`]).
 ///
 /// utoipa takes every type *named* `Duration` for chrono's, so schema-deriving types
 /// import this one as `HumanDuration`, which resolves to these impls.
 impl PartialSchema for Duration {
     fn schema() -> RefOr<Schema> {
         ObjectBuilder::new()
-            .schema_type(Type::String)
+            .schema_type(SchemaType::from_iter([Type::String, Type::Integer]))
             .description(Some(
-                "A whole number followed by `s`, `m`, `h`, `d` or `w` (e.g. `30d`).",
+                "A whole number followed by `s`, `m`, `h`, `d` or `w` (e.g. `30d`; no sign, \
+                 space or fraction), or a number of seconds; from 1 second to 100 years.",
             ))
-            .pattern(Some("^[0-9]+[smhdw]?$"))
+            .pattern(Some(duration_pattern()))
+            .minimum(Some(1))
+            .maximum(Some(MAX_DURATION_SECS))
             .examples(["30d"])
             .into()
     }
@@ -76,6 +81,11 @@ const ERROR_RESPONSES: &[(u16, &str, &str)] = &[
     ),
     (404, "NotFound", "No such key, team or mapping."),
     (
+        413,
+        "PayloadTooLarge",
+        "The request body is larger than `server.max_body_bytes`.",
+    ),
+    (
         409,
         "Conflict",
         "Conflicts with what exists (a duplicate, or a team that still has keys).",
@@ -102,6 +112,13 @@ const ERROR_RESPONSES: &[(u16, &str, &str)] = &[
     ),
 ];
 
+/// Ollama's 4xx answers on the proxied routes, as `4XX`: name and meaning.
+const UPSTREAM_REJECTED: (&str, &str) = (
+    "UpstreamRejected",
+    "Ollama refused the request (e.g. 404 for a model it does not have): its status and \
+     message, in the envelope (`upstream_rejected`).",
+);
+
 /// References to the shared error responses with these statuses.
 fn error_refs(statuses: &[u16]) -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
     ERROR_RESPONSES
@@ -122,6 +139,15 @@ pub struct ManageErrors;
 impl IntoResponses for ManageErrors {
     fn responses() -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
         error_refs(&[400, 401, 403, 503])
+    }
+}
+
+/// 413: a management route with a JSON body got one over `server.max_body_bytes`.
+pub struct BodyTooLarge;
+
+impl IntoResponses for BodyTooLarge {
+    fn responses() -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
+        error_refs(&[413])
     }
 }
 
@@ -153,7 +179,7 @@ impl IntoResponses for BadRequestError {
 }
 
 /// What the proxied routes can answer with besides Ollama's own response.
-const PROXY_ERRORS: &[u16] = &[400, 401, 403, 429, 502, 503, 504];
+const PROXY_ERRORS: &[u16] = &[400, 401, 403, 413, 429, 502, 503, 504];
 
 #[derive(OpenApi)]
 #[openapi(
@@ -207,7 +233,8 @@ impl Modify for Shared {
                     .build(),
             ),
         );
-        for (_, name, description) in ERROR_RESPONSES {
+        let upstream = (0, UPSTREAM_REJECTED.0, UPSTREAM_REJECTED.1);
+        for (_, name, description) in ERROR_RESPONSES.iter().chain([&upstream]) {
             components.responses.insert(
                 (*name).to_string(),
                 RefOr::T(
@@ -331,6 +358,10 @@ fn proxy_operation(spec: &RouteSpec, method: &HttpMethod) -> Operation {
             "application/json",
             ContentBuilder::new().schema(Some(any_object())).build(),
         );
+    if matches!(method, HttpMethod::Head) {
+        // No body, so no content type.
+        ok = ResponseBuilder::new().description("Ollama's answer: the blob exists");
+    }
     match spec.kind {
         Kind::NativeGenerate => {
             ok = ok.content("application/x-ndjson", ContentBuilder::new().build());
@@ -351,6 +382,19 @@ fn proxy_operation(spec: &RouteSpec, method: &HttpMethod) -> Operation {
         .security(SecurityRequirement::new(BEARER, Vec::<String>::new()));
     for (status, response) in error_refs(PROXY_ERRORS) {
         operation = operation.response(status, response);
+    }
+    // Ollama's own refusals keep their status (SPEC §4.1), e.g. 404 for a missing model.
+    operation = operation.response(
+        "4XX",
+        RefOr::Ref(Ref::from_response_name(UPSTREAM_REJECTED.0)),
+    );
+    if blobs && matches!(method, HttpMethod::Post) {
+        operation = operation.response(
+            "201",
+            ResponseBuilder::new()
+                .description("Ollama's answer: the blob was stored")
+                .build(),
+        );
     }
     for name in path_parameters(&path) {
         let note = if blobs {
@@ -393,9 +437,18 @@ fn path_parameters(path: &str) -> impl Iterator<Item = &str> {
         .filter_map(|segment| segment.strip_prefix('{')?.strip_suffix('}'))
 }
 
-/// The whole document: management, proxy, console and operational routes.
+/// The whole document as utoipa builds it: management, proxy, console and operational
+/// routes.
 pub fn document() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
+}
+
+/// The document as served: [`document`] refined with what the handlers enforce beyond
+/// the derived shapes ([`super::openapi_rules`]).
+pub fn document_json() -> Result<serde_json::Value, String> {
+    let mut doc = serde_json::to_value(document()).map_err(|e| e.to_string())?;
+    super::openapi_rules::apply(&mut doc)?;
+    Ok(doc)
 }
 
 /// This document, as JSON (no authentication: it describes the API, it holds no secrets).
@@ -406,9 +459,9 @@ pub fn document() -> utoipa::openapi::OpenApi {
 pub async fn openapi_json() -> Result<Response, AppError> {
     static JSON: OnceLock<Result<Bytes, String>> = OnceLock::new();
     let json = JSON.get_or_init(|| {
-        serde_json::to_vec(&document())
+        document_json()
+            .and_then(|doc| serde_json::to_vec(&doc).map_err(|e| e.to_string()))
             .map(Bytes::from)
-            .map_err(|e| e.to_string())
     });
     match json {
         Ok(body) => {
@@ -434,8 +487,7 @@ mod tests {
 
     #[test]
     fn is_valid_json_of_openapi_3() {
-        let json = serde_json::to_string(&document()).expect("serializes");
-        let value: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
+        let value = document_json().expect("every rule finds its target");
         assert!(
             value["openapi"]
                 .as_str()

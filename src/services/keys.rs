@@ -13,7 +13,7 @@ use crate::auth::secrets;
 // Named so utoipa does not take it for chrono's `Duration` (see `http::openapi`).
 use crate::config::Duration as HumanDuration;
 use crate::error::AppError;
-use crate::json::double_option;
+use crate::json::{Limit, double_option, is_blank};
 use crate::store::{KeyFields, KeyFilter, Page, Store, Unreadable, VirtualKey};
 
 /// `key` (plaintext) or `key_id`: how every key route names its key.
@@ -41,10 +41,10 @@ pub struct GenerateKey {
     /// Length of a budget period, e.g. `30d`.
     pub budget_duration: Option<HumanDuration>,
     /// Tokens per minute.
-    pub tpm_limit: Option<u64>,
+    pub tpm_limit: Option<Limit>,
     /// Requests per minute.
-    pub rpm_limit: Option<u64>,
-    pub max_parallel_requests: Option<u64>,
+    pub rpm_limit: Option<Limit>,
+    pub max_parallel_requests: Option<Limit>,
     /// Lifetime of the key from now; sets `expires`.
     pub duration: Option<HumanDuration>,
     /// A JSON object kept with the key.
@@ -77,11 +77,11 @@ pub struct UpdateKey {
     #[serde(default, deserialize_with = "double_option")]
     pub budget_duration: Option<Option<HumanDuration>>,
     #[serde(default, deserialize_with = "double_option")]
-    pub tpm_limit: Option<Option<u64>>,
+    pub tpm_limit: Option<Option<Limit>>,
     #[serde(default, deserialize_with = "double_option")]
-    pub rpm_limit: Option<Option<u64>>,
+    pub rpm_limit: Option<Option<Limit>>,
     #[serde(default, deserialize_with = "double_option")]
-    pub max_parallel_requests: Option<Option<u64>>,
+    pub max_parallel_requests: Option<Option<Limit>>,
     #[serde(default, deserialize_with = "double_option")]
     pub duration: Option<Option<HumanDuration>>,
     #[serde(default, deserialize_with = "double_option")]
@@ -144,7 +144,7 @@ fn check_routes(routes: &[String]) -> Result<(), AppError> {
 }
 
 fn check_models(models: &[String]) -> Result<(), AppError> {
-    if models.iter().any(|m| m.trim().is_empty()) {
+    if models.iter().any(|m| is_blank(m)) {
         return Err(AppError::invalid(
             "field `models` must not contain empty names",
         ));
@@ -227,9 +227,9 @@ impl KeyManager<'_> {
             allowed_routes,
             max_budget: req.max_budget,
             budget_duration: req.budget_duration,
-            tpm_limit: req.tpm_limit,
-            rpm_limit: req.rpm_limit,
-            max_parallel_requests: req.max_parallel_requests,
+            tpm_limit: req.tpm_limit.map(Limit::get),
+            rpm_limit: req.rpm_limit.map(Limit::get),
+            max_parallel_requests: req.max_parallel_requests.map(Limit::get),
             expires: req.duration.map(|d| Utc::now() + d.to_chrono()),
             blocked: req.blocked.unwrap_or(false),
             metadata,
@@ -303,13 +303,13 @@ impl KeyManager<'_> {
             f.budget_duration = v;
         }
         if let Some(v) = req.tpm_limit {
-            f.tpm_limit = v;
+            f.tpm_limit = v.map(Limit::get);
         }
         if let Some(v) = req.rpm_limit {
-            f.rpm_limit = v;
+            f.rpm_limit = v.map(Limit::get);
         }
         if let Some(v) = req.max_parallel_requests {
-            f.max_parallel_requests = v;
+            f.max_parallel_requests = v.map(Limit::get);
         }
         if let Some(v) = req.duration {
             f.expires = v.map(|d| Utc::now() + d.to_chrono());

@@ -13,7 +13,7 @@ use crate::auth::Caller;
 use crate::auth::authorize::{Capability, check};
 use crate::auth::mapping::MappingResolver;
 use crate::error::AppError;
-use crate::json::double_option;
+use crate::json::{double_option, is_blank};
 use crate::store::{Mapping, Page, Store, StoreError, VirtualKey};
 
 /// `POST /jwt/key/mapping/new`: `key` or `key_id` names the target key.
@@ -66,7 +66,7 @@ pub struct MappingId {
 }
 
 fn check_text(field: &str, value: &str) -> Result<(), AppError> {
-    if value.trim().is_empty() || value.len() > 512 {
+    if is_blank(value) || value.chars().count() > 512 {
         return Err(AppError::invalid(format!(
             "field `{field}` must be 1-512 characters"
         )));

@@ -9,6 +9,8 @@ pub const MAX_PAGE_SIZE: u64 = 1000;
 /// Largest page number: far beyond any real table, and small enough that the offset
 /// (`(page - 1) * size`) stays exact in every database.
 pub const MAX_PAGE: u64 = 1_000_000;
+/// Largest `limit` of `/spend/logs`.
+pub const MAX_LOG_ROWS: u64 = 10_000;
 
 /// Validates list-query paging: 1-based `page`, `size` 1..=1000 (default 50).
 pub fn page(page: Option<u64>, size: Option<u64>) -> Result<Page, AppError> {

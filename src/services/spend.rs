@@ -58,7 +58,7 @@ impl SpendService {
             (None, None) => None,
         };
         check(caller, Capability::SpendRead, team_scope.as_deref())?;
-        let limit = super::paging::limit(q.limit, 100, 10_000)?;
+        let limit = super::paging::limit(q.limit, 100, super::paging::MAX_LOG_ROWS)?;
         let filter = UsageFilter {
             key_id: q.key_id,
             team_id: q.team_id,

@@ -11,7 +11,7 @@ use crate::auth::authorize::{Capability, check};
 use crate::auth::invalidation::{Change, Invalidator};
 use crate::config::Duration as HumanDuration;
 use crate::error::AppError;
-use crate::json::double_option;
+use crate::json::{Limit, double_option, is_blank};
 use crate::store::{Page, Store, Team, TeamFields, Unreadable};
 
 /// `POST /team/new`. Every field is optional.
@@ -24,9 +24,9 @@ pub struct NewTeam {
     pub models: Option<Vec<String>>,
     pub max_budget: Option<f64>,
     pub budget_duration: Option<HumanDuration>,
-    pub tpm_limit: Option<u64>,
-    pub rpm_limit: Option<u64>,
-    pub max_parallel_requests: Option<u64>,
+    pub tpm_limit: Option<Limit>,
+    pub rpm_limit: Option<Limit>,
+    pub max_parallel_requests: Option<Limit>,
     pub blocked: Option<bool>,
     /// A JSON object kept with the team.
     #[schema(value_type = Option<Object>)]
@@ -47,11 +47,11 @@ pub struct UpdateTeam {
     #[serde(default, deserialize_with = "double_option")]
     pub budget_duration: Option<Option<HumanDuration>>,
     #[serde(default, deserialize_with = "double_option")]
-    pub tpm_limit: Option<Option<u64>>,
+    pub tpm_limit: Option<Option<Limit>>,
     #[serde(default, deserialize_with = "double_option")]
-    pub rpm_limit: Option<Option<u64>>,
+    pub rpm_limit: Option<Option<Limit>>,
     #[serde(default, deserialize_with = "double_option")]
-    pub max_parallel_requests: Option<Option<u64>>,
+    pub max_parallel_requests: Option<Option<Limit>>,
     #[serde(default)]
     pub blocked: Option<bool>,
     #[serde(default, deserialize_with = "double_option")]
@@ -95,7 +95,7 @@ fn validate(fields: &TeamFields) -> Result<(), AppError> {
             "field `max_budget` must be a non-negative number",
         ));
     }
-    if fields.models.iter().any(|m| m.trim().is_empty()) {
+    if fields.models.iter().any(|m| is_blank(m)) {
         return Err(AppError::invalid(
             "field `models` must not contain empty names",
         ));
@@ -146,9 +146,9 @@ impl TeamManager<'_> {
             models: req.models.unwrap_or_default(),
             max_budget: req.max_budget,
             budget_duration: req.budget_duration,
-            tpm_limit: req.tpm_limit,
-            rpm_limit: req.rpm_limit,
-            max_parallel_requests: req.max_parallel_requests,
+            tpm_limit: req.tpm_limit.map(Limit::get),
+            rpm_limit: req.rpm_limit.map(Limit::get),
+            max_parallel_requests: req.max_parallel_requests.map(Limit::get),
             blocked: req.blocked.unwrap_or(false),
             metadata: req.metadata.unwrap_or_else(|| serde_json::json!({})),
             unreadable: Unreadable::default(),
@@ -207,13 +207,13 @@ impl TeamManager<'_> {
             f.budget_duration = v;
         }
         if let Some(v) = req.tpm_limit {
-            f.tpm_limit = v;
+            f.tpm_limit = v.map(Limit::get);
         }
         if let Some(v) = req.rpm_limit {
-            f.rpm_limit = v;
+            f.rpm_limit = v.map(Limit::get);
         }
         if let Some(v) = req.max_parallel_requests {
-            f.max_parallel_requests = v;
+            f.max_parallel_requests = v.map(Limit::get);
         }
         if let Some(v) = req.blocked {
             f.blocked = v;

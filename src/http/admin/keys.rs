@@ -11,7 +11,7 @@ use crate::app::App;
 use crate::auth::Caller;
 use crate::error::AppError;
 use crate::http::extract::{ApiJson, ApiQuery};
-use crate::http::openapi::{ManageErrors, NotFoundError};
+use crate::http::openapi::{BodyTooLarge, ManageErrors, NotFoundError};
 use crate::services::keys::{DeleteKeys, GenerateKey, IssuedKey, KeyRef, ListKeys, UpdateKey};
 use crate::store::VirtualKey;
 
@@ -43,7 +43,7 @@ pub struct KeyList {
     request_body = GenerateKey,
     responses(
         (status = 200, description = "The new key, with its plaintext `key`", body = IssuedKey),
-        ManageErrors,
+        ManageErrors, BodyTooLarge,
     ),
     security(("bearer" = [])),
 )]
@@ -65,7 +65,7 @@ pub async fn generate(
     request_body = UpdateKey,
     responses(
         (status = 200, description = "The updated key", body = VirtualKey),
-        ManageErrors, NotFoundError,
+        ManageErrors, BodyTooLarge, NotFoundError,
     ),
     security(("bearer" = [])),
 )]
@@ -87,7 +87,7 @@ pub async fn update(
     request_body = DeleteKeys,
     responses(
         (status = 200, description = "The deleted keys' ids", body = DeletedKeys),
-        ManageErrors, NotFoundError,
+        ManageErrors, BodyTooLarge, NotFoundError,
     ),
     security(("bearer" = [])),
 )]
@@ -156,7 +156,7 @@ pub async fn list(
     request_body = KeyRef,
     responses(
         (status = 200, description = "The key, with its new plaintext `key`", body = IssuedKey),
-        ManageErrors, NotFoundError,
+        ManageErrors, BodyTooLarge, NotFoundError,
     ),
     security(("bearer" = [])),
 )]
@@ -178,7 +178,7 @@ pub async fn regenerate(
     request_body = KeyRef,
     responses(
         (status = 200, description = "The blocked key", body = VirtualKey),
-        ManageErrors, NotFoundError,
+        ManageErrors, BodyTooLarge, NotFoundError,
     ),
     security(("bearer" = [])),
 )]
@@ -200,7 +200,7 @@ pub async fn block(
     request_body = KeyRef,
     responses(
         (status = 200, description = "The unblocked key", body = VirtualKey),
-        ManageErrors, NotFoundError,
+        ManageErrors, BodyTooLarge, NotFoundError,
     ),
     security(("bearer" = [])),
 )]

@@ -11,7 +11,7 @@ use crate::app::App;
 use crate::auth::Caller;
 use crate::error::AppError;
 use crate::http::extract::{ApiJson, ApiQuery};
-use crate::http::openapi::{ConflictError, ManageErrors, NotFoundError};
+use crate::http::openapi::{BodyTooLarge, ConflictError, ManageErrors, NotFoundError};
 use crate::services::mappings::{MappingId, NewMapping, UpdateMapping};
 use crate::services::paging::page;
 use crate::store::Mapping;
@@ -47,7 +47,7 @@ pub struct MappingList {
     request_body = NewMapping,
     responses(
         (status = 200, description = "The new mapping", body = Mapping),
-        ManageErrors, ConflictError,
+        ManageErrors, BodyTooLarge, ConflictError,
     ),
     security(("bearer" = [])),
 )]
@@ -69,7 +69,7 @@ pub async fn create(
     request_body = UpdateMapping,
     responses(
         (status = 200, description = "The updated mapping", body = Mapping),
-        ManageErrors, NotFoundError, ConflictError,
+        ManageErrors, BodyTooLarge, NotFoundError, ConflictError,
     ),
     security(("bearer" = [])),
 )]
@@ -91,7 +91,7 @@ pub async fn update(
     request_body = MappingId,
     responses(
         (status = 200, description = "The deleted mapping's id", body = DeletedMapping),
-        ManageErrors, NotFoundError,
+        ManageErrors, BodyTooLarge, NotFoundError,
     ),
     security(("bearer" = [])),
 )]

@@ -11,7 +11,7 @@ use crate::app::App;
 use crate::auth::Caller;
 use crate::error::AppError;
 use crate::http::extract::{ApiJson, ApiQuery};
-use crate::http::openapi::{ConflictError, ManageErrors, NotFoundError};
+use crate::http::openapi::{BodyTooLarge, ConflictError, ManageErrors, NotFoundError};
 use crate::services::paging::page;
 use crate::services::teams::{DeleteTeams, NewTeam, UpdateTeam};
 use crate::store::Team;
@@ -52,7 +52,7 @@ pub struct TeamInfo {
     request_body = NewTeam,
     responses(
         (status = 200, description = "The new team", body = Team),
-        ManageErrors, ConflictError,
+        ManageErrors, BodyTooLarge, ConflictError,
     ),
     security(("bearer" = [])),
 )]
@@ -74,7 +74,7 @@ pub async fn create(
     request_body = UpdateTeam,
     responses(
         (status = 200, description = "The updated team", body = Team),
-        ManageErrors, NotFoundError,
+        ManageErrors, BodyTooLarge, NotFoundError,
     ),
     security(("bearer" = [])),
 )]
@@ -96,7 +96,7 @@ pub async fn update(
     request_body = DeleteTeams,
     responses(
         (status = 200, description = "The deleted teams' ids", body = DeletedTeams),
-        ManageErrors, NotFoundError, ConflictError,
+        ManageErrors, BodyTooLarge, NotFoundError, ConflictError,
     ),
     security(("bearer" = [])),
 )]
@@ -141,7 +141,7 @@ pub async fn info(
     params(ListQuery),
     responses(
         (status = 200, description = "One page of teams", body = Vec<Team>),
-        ManageErrors,
+        ManageErrors, NotFoundError,
     ),
     security(("bearer" = [])),
 )]
