@@ -25,6 +25,7 @@ mod foundation;
 mod invalidation;
 mod jwt;
 mod jwt_support;
+mod keepalive;
 mod keys;
 mod keys_support;
 mod limits;
