@@ -261,6 +261,49 @@ pub async fn closed_loop(
     rec.summary(window, call.streaming, false)
 }
 
+/// Closed loop until `total` requests have been sent or `max` has passed, whichever
+/// comes first: `concurrency` workers on one keep-alive client, each sending its next
+/// request as soon as the previous one ends (the soak scenario). The summary's window is
+/// the time it took.
+pub async fn counted_closed(
+    call: Arc<Call>,
+    concurrency: usize,
+    total: u64,
+    max: Duration,
+) -> Summary {
+    let client = client();
+    let start = Instant::now();
+    let deadline = start + max;
+    let issued = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency.max(1) {
+        let client = client.clone();
+        let call = Arc::clone(&call);
+        let issued = Arc::clone(&issued);
+        workers.spawn(async move {
+            let mut rec = Recorder::default();
+            loop {
+                let t0 = Instant::now();
+                if t0 >= deadline
+                    || issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= total
+                {
+                    break;
+                }
+                rec.outcome(execute(&client, &call, t0).await);
+            }
+            rec
+        });
+    }
+    let mut all = Recorder::default();
+    while let Some(done) = workers.join_next().await {
+        match done {
+            Ok(rec) => all.merge(rec),
+            Err(e) => all.outcome(Err(format!("worker panicked: {e}"))),
+        }
+    }
+    all.summary(start.elapsed(), call.streaming, false)
+}
+
 /// Closed loop against several targets, taking turns: after each target's warm-up, the
 /// window is cut into `rounds` slices run target after target (order reversed every
 /// other round), so load from elsewhere on the machine lands on all of them alike.

@@ -18,7 +18,9 @@
 //! - e. `--streams` concurrent slow streams (40 frames, 50 ms apart) through tollgate in
 //!   a child process, with its idle and peak RSS;
 //! - f. a's open- and closed-loop loads through nginx `proxy_pass` (one worker,
-//!   keep-alive upstream) when nginx is installed: the "plain proxy" reference.
+//!   keep-alive upstream) when nginx is installed: the "plain proxy" reference;
+//! - g. soak: `--soak-requests` (a million) non-streaming requests through tollgate in a
+//!   child process, with its RSS before, right after and after `--soak-idle-s` idle.
 //!
 //! Placement (2-core machines): with two or more usable CPUs the gateway under test —
 //! tollgate's runtime (one worker per CPU it owns), the tollgate child process, or the
@@ -91,6 +93,16 @@ struct Opts {
     /// Concurrent slow streams of the memory scenario.
     #[arg(long, default_value_t = 1000)]
     streams: usize,
+    /// Requests the soak scenario sends through the tollgate child process.
+    #[arg(long, default_value_t = 1_000_000)]
+    soak_requests: u64,
+    /// Longest the soak scenario's load may take, seconds (it stops there, however
+    /// many requests have passed).
+    #[arg(long, default_value_t = 300.0)]
+    soak_max_s: f64,
+    /// Seconds without requests before the soak scenario's last RSS reading.
+    #[arg(long, default_value_t = 10.0)]
+    soak_idle_s: f64,
     /// Open-loop rate of the streaming scenario, streams/s.
     #[arg(long, default_value_t = 250.0)]
     stream_rate: f64,
@@ -98,13 +110,13 @@ struct Opts {
     /// targets in turns (direct, tollgate, …) so background load hits them alike.
     #[arg(long, default_value_t = 1.0)]
     round_s: f64,
-    /// Smoke run: 2 s phases, 0.5 s warm-up.
+    /// Smoke run: 2 s phases, 0.5 s warm-up, a soak of 100,000 requests.
     #[arg(long)]
     quick: bool,
     /// Do not pin the gateway and the generator to separate CPUs.
     #[arg(long)]
     no_pin: bool,
-    /// Only these scenarios (letters a–f, comma-separated). c, d and f are extra targets
+    /// Only these scenarios (letters a–g, comma-separated). c, d and f are extra targets
     /// of a's phases, so selecting any of them runs a too.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -237,6 +249,9 @@ fn run(mut opts: Opts) -> anyhow::Result<()> {
     if opts.quick {
         opts.duration_s = opts.duration_s.min(2.0);
         opts.warmup_s = opts.warmup_s.min(0.5);
+        opts.soak_requests = opts.soak_requests.min(100_000);
+        opts.soak_max_s = opts.soak_max_s.min(60.0);
+        opts.soak_idle_s = opts.soak_idle_s.min(3.0);
     }
     let nofile = system::raise_nofile_limit();
     let usable = system::current_cpus();
@@ -312,6 +327,16 @@ fn run(mut opts: Opts) -> anyhow::Result<()> {
             Scenario::failed(
                 "e-streams",
                 slow_title(&bench),
+                "tollgate",
+                format!("{e:#}"),
+            )
+        }));
+    }
+    if bench.wants("g") {
+        scenarios.push(scenario_soak(&bench).unwrap_or_else(|e| {
+            Scenario::failed(
+                "g-soak",
+                soak_title(&bench.opts),
                 "tollgate",
                 format!("{e:#}"),
             )
@@ -945,4 +970,95 @@ fn scenario_slow_streams(bench: &Bench) -> anyhow::Result<Scenario> {
         ));
     }
     Ok(s)
+}
+
+fn soak_title(o: &Opts) -> String {
+    format!(
+        "g. soak: {} chat requests, key+rpm/tpm, closed loop {} conc., tollgate child process",
+        o.soak_requests, o.concurrency
+    )
+}
+
+/// Scenario g: a fresh tollgate child process, its idle RSS; then `--soak-requests`
+/// non-streaming requests (closed loop at `--concurrency`, at most `--soak-max-s`) with
+/// the limited key; its RSS right after, and again after `--soak-idle-s` without
+/// requests. No direct baseline: the figures are the process's own.
+fn scenario_soak(bench: &Bench) -> anyhow::Result<Scenario> {
+    let o = &bench.opts;
+    eprintln!(
+        "g. soak: {} requests through a tollgate child process, closed loop with {} workers \
+         (at most {:.0} s)",
+        o.soak_requests, o.concurrency, o.soak_max_s
+    );
+    let child = ChildTollgate::start(&bench.placement, &bench.mock.url())?;
+    let key = bench.key(&child.url)?;
+    std::thread::sleep(Duration::from_millis(300));
+    let before = child
+        .rss()
+        .context("cannot read the child's /proc status")?;
+    eprintln!(
+        "  [g-soak] tollgate child pid {} idle RSS {:.1} MiB",
+        child.pid(),
+        before.rss_kib as f64 / 1024.0
+    );
+    let call = Arc::new(Call::chat(&child.url, Some(&key), false)?);
+    let via = bench.gen_rt.block_on(load::counted_closed(
+        call,
+        o.concurrency,
+        o.soak_requests,
+        Duration::from_secs_f64(o.soak_max_s),
+    ));
+    let after = child.rss().unwrap_or_default();
+    progress("g-soak", "tollgate", &via);
+    std::thread::sleep(Duration::from_secs_f64(o.soak_idle_s));
+    let rested = child.rss().unwrap_or_default();
+    child.stop();
+    let soak = report::Soak {
+        requests: via.requests,
+        errors: via.errors,
+        planned: o.soak_requests,
+        load_s: (via.duration_s * 10.0).round() / 10.0,
+        idle_before_rss_mib: report::mib(before.rss_kib),
+        after_load_rss_mib: report::mib(after.rss_kib),
+        after_idle_rss_mib: report::mib(rested.rss_kib),
+        idle_s: o.soak_idle_s,
+        peak_rss_mib: report::mib(rested.hwm_kib.max(after.hwm_kib)),
+    };
+    eprintln!(
+        "  [g-soak] RSS {:.1} MiB before, {:.1} MiB right after {} requests, {:.1} MiB after \
+         {:.0} s idle (peak {:.1} MiB)",
+        soak.idle_before_rss_mib,
+        soak.after_load_rss_mib,
+        soak.requests,
+        soak.after_idle_rss_mib,
+        soak.idle_s,
+        soak.peak_rss_mib
+    );
+    let failed = via.requests == 0;
+    let reason = if failed {
+        Some(
+            via.first_error
+                .clone()
+                .unwrap_or_else(|| "no request succeeded".into()),
+        )
+    } else if via.requests < o.soak_requests {
+        Some(format!(
+            "only {} of {} requests within {:.0} s",
+            via.requests, o.soak_requests, o.soak_max_s
+        ))
+    } else {
+        None
+    };
+    Ok(Scenario {
+        id: "g-soak".into(),
+        title: soak_title(o),
+        status: if failed { Status::Failed } else { Status::Ok },
+        reason,
+        via_name: "tollgate".into(),
+        direct: None,
+        via: Some(via),
+        comparison: None,
+        memory: None,
+        soak: Some(soak),
+    })
 }

@@ -66,7 +66,6 @@ pub struct Memory {
 
 impl Memory {
     pub fn from(idle: Rss, peak_hwm_kib: u64, after: Rss, concurrent_streams: usize) -> Self {
-        let mib = |kib: u64| (kib as f64 / 1024.0 * 10.0).round() / 10.0;
         Self {
             idle_rss_mib: mib(idle.rss_kib),
             peak_rss_mib: mib(peak_hwm_kib),
@@ -74,6 +73,35 @@ impl Memory {
             concurrent_streams,
         }
     }
+}
+
+/// Memory of the tollgate child process in the soak scenario: resident size before,
+/// right after and some seconds after a long run of requests (SPEC §8: ≤ 50 MiB idle
+/// at start and once a million requests have passed).
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Soak {
+    /// Requests answered successfully.
+    pub requests: u64,
+    /// Requests that failed.
+    pub errors: u64,
+    /// Requests the run was asked to send (`--soak-requests`).
+    pub planned: u64,
+    /// How long sending them took.
+    pub load_s: f64,
+    /// After start-up and key creation, before any proxied request.
+    pub idle_before_rss_mib: f64,
+    /// As soon as the last request ended.
+    pub after_load_rss_mib: f64,
+    /// After `idle_s` seconds without requests.
+    pub after_idle_rss_mib: f64,
+    pub idle_s: f64,
+    /// Highest resident size of the process (`VmHWM`).
+    pub peak_rss_mib: f64,
+}
+
+/// KiB → MiB, one decimal.
+pub fn mib(kib: u64) -> f64 {
+    (kib as f64 / 1024.0 * 10.0).round() / 10.0
 }
 
 /// One scenario.
@@ -92,6 +120,8 @@ pub struct Scenario {
     pub comparison: Option<Comparison>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory: Option<Memory>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub soak: Option<Soak>,
 }
 
 impl Scenario {
@@ -119,6 +149,7 @@ impl Scenario {
             via: Some(via),
             comparison,
             memory: None,
+            soak: None,
         }
     }
 
@@ -133,6 +164,7 @@ impl Scenario {
             via: None,
             comparison: None,
             memory: None,
+            soak: None,
         }
     }
 
@@ -292,10 +324,88 @@ pub fn spec_targets(
         },
         None => not_measured(t, "slow-streams scenario did not run"),
     });
+    let soak = scenarios
+        .iter()
+        .find(|s| s.id == "g-soak" && s.status == Status::Ok)
+        .and_then(|s| s.soak.as_ref());
+    let t = "RSS ≤ 50 MiB idle once a million requests have passed";
+    out.push(match soak {
+        Some(m) => {
+            let worst = m.after_idle_rss_mib.max(m.idle_before_rss_mib);
+            let enough = m.requests >= 1_000_000;
+            Target {
+                target: t.into(),
+                measured: format!(
+                    "{:.1} MiB before, {:.1} MiB right after, {:.1} MiB after {:.0} s idle \
+                     ({} requests{})",
+                    m.idle_before_rss_mib,
+                    m.after_load_rss_mib,
+                    m.after_idle_rss_mib,
+                    m.idle_s,
+                    m.requests,
+                    if enough { "" } else { ": fewer than a million" }
+                ),
+                met: if worst > 50.0 {
+                    Some(false)
+                } else {
+                    enough.then_some(true)
+                },
+            }
+        }
+        None => not_measured(t, "soak scenario did not run"),
+    });
     out
 }
 
 // ------------------------------------------------------------------ table
+
+fn soak_rows(rows: &mut Vec<Vec<String>>, s: &Scenario, m: &Soak) {
+    let row = |metric: String, value: String, note: String| {
+        vec![String::new(), metric, "-".into(), value, note]
+    };
+    let rps = s.via.as_ref().map_or(0.0, |v| v.rps);
+    rows.push(row(
+        "requests".into(),
+        m.requests.to_string(),
+        format!(
+            "{} req/s over {:.0} s; {} errors",
+            fmt_rate(rps),
+            m.load_s,
+            m.errors
+        ),
+    ));
+    if let Some(v) = &s.via {
+        rows.push(row(
+            "latency p50 / p99".into(),
+            format!(
+                "{} / {}",
+                fmt_us(v.latency.p50_us),
+                fmt_us(v.latency.p99_us)
+            ),
+            String::new(),
+        ));
+    }
+    rows.push(row(
+        "RSS idle before".into(),
+        format!("{:.1} MiB", m.idle_before_rss_mib),
+        String::new(),
+    ));
+    rows.push(row(
+        "RSS right after".into(),
+        format!("{:.1} MiB", m.after_load_rss_mib),
+        String::new(),
+    ));
+    rows.push(row(
+        format!("RSS after {:.0} s idle", m.idle_s),
+        format!("{:.1} MiB", m.after_idle_rss_mib),
+        "SPEC §8: ≤ 50 MiB".into(),
+    ));
+    rows.push(row(
+        "RSS peak".into(),
+        format!("{:.1} MiB", m.peak_rss_mib),
+        String::new(),
+    ));
+}
 
 /// Renders rows of cells as a fixed-width table with a header rule.
 pub fn render_table(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -369,6 +479,17 @@ pub fn scenario_table(scenarios: &[Scenario]) -> String {
     let mut rows: Vec<Vec<String>> = Vec::new();
     for s in scenarios {
         let title = format!("{} [{}]", s.title, s.via_name);
+        if let (Status::Ok, Some(m)) = (&s.status, &s.soak) {
+            rows.push(vec![
+                title,
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ]);
+            soak_rows(&mut rows, s, m);
+            continue;
+        }
         if s.status != Status::Ok || s.direct.is_none() {
             let word = if s.status == Status::Failed {
                 "FAILED"

@@ -1,14 +1,15 @@
 //! The HTTP layer: the router and everything that speaks axum to a caller — handlers
 //! for the management API ([`admin`]), the console ([`console`]), the proxied Ollama
 //! routes ([`proxy`]) and operations ([`ops`]); the capability [`gate`]; extractors
-//! whose rejections are the error envelope; the request-id middleware; the OpenAPI
-//! document.
+//! whose rejections are the error envelope; the request-id middleware; discarding an
+//! unread body so keep-alive survives a refusal ([`drain`]); the OpenAPI document.
 //!
 //! Handlers are thin: extract, call a service ([`crate::services`]), map the result.
 //! Errors become responses only through [`crate::error::AppError`].
 
 pub mod admin;
 pub mod console;
+pub mod drain;
 pub mod extract;
 pub mod gate;
 pub mod middleware;

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tower_http::catch_panic::CatchPanicLayer;
 
+use super::drain::{self, DrainLimits};
 use super::{admin, console, middleware, openapi, ops, proxy};
 use crate::app::App;
 use crate::error::AppError;
@@ -31,6 +32,12 @@ pub fn build(app: Arc<App>) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             trusted,
             middleware::assign_request_id,
+        ))
+        // Outermost: whatever answered, an unread body is dealt with before the response
+        // goes out, so keep-alive connections survive refusals.
+        .layer(axum::middleware::from_fn_with_state(
+            DrainLimits::for_body_limit(body_limit),
+            drain::drain_unread_body,
         ))
         .with_state(app)
 }

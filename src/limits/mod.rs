@@ -4,7 +4,10 @@
 //! Algorithms and guarantees (in-process implementation, [`LocalLimiter`]):
 //! - **RPM — sliding log.** Each admitted request's time is kept for 60 s; a request is
 //!   admitted only while fewer than `rpm_limit` were admitted in the last 60 s. Exact:
-//!   no window boundary lets 2×N through, and a refused request is not logged.
+//!   no window boundary lets 2×N through, and a refused request is not logged. The log
+//!   keeps requests in 100 ms slots (at most 600 per subject, whatever the rate), each
+//!   leaving the window 60 s after its last request: a request counts for 60 to 60.1 s,
+//!   never less.
 //! - **TPM — sliding log of token amounts**, same window. Tokens are known only when a
 //!   response ends, so a request is admitted while the window holds fewer than
 //!   `tpm_limit` tokens; requests already in flight may overshoot by their own tokens.

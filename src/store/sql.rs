@@ -486,8 +486,7 @@ impl Store for SqlStore {
             }
         }
         let txn = self.db.begin().await?;
-        // Bounded chunks keep each statement under every backend's bind-parameter limit.
-        for chunk in rows.chunks(500) {
+        for chunk in usage_chunks(rows) {
             let models = chunk.iter().map(|r| usage_log::ActiveModel {
                 id: Set(uuid::Uuid::now_v7().to_string()),
                 request_id: Set(r.request_id.clone()),
@@ -572,4 +571,67 @@ pub fn is_postgres(db: &DatabaseConnection) -> bool {
         db.get_database_backend(),
         sea_orm::DatabaseBackend::Postgres
     )
+}
+
+/// Rows per multi-row `INSERT` of usage rows, largest first. A batch is written in
+/// chunks of these sizes only (a batch of 1,000 is 15 × 64 + 2 × 16 + 2 × 4), so the
+/// connections' prepared-statement caches hold at most four `INSERT` shapes. Chunks of
+/// whatever size the batch had made every batch size a statement of its own, each cached
+/// per connection (sqlx keeps 100 per connection; a 500-row `INSERT` is about a megabyte
+/// compiled on SQLite): resident memory grew with the requests served and stayed. 64 rows
+/// also stay far under every backend's bind-parameter limit.
+const USAGE_CHUNKS: [usize; 4] = [64, 16, 4, 1];
+
+/// `rows` cut into chunks whose sizes are all in [`USAGE_CHUNKS`].
+fn usage_chunks(rows: &[UsageRow]) -> impl Iterator<Item = &[UsageRow]> {
+    let mut rest = rows;
+    std::iter::from_fn(move || {
+        let size = USAGE_CHUNKS.into_iter().find(|&n| n <= rest.len())?;
+        let (chunk, tail) = rest.split_at(size);
+        rest = tail;
+        Some(chunk)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(n: usize) -> Vec<UsageRow> {
+        (0..n)
+            .map(|i| UsageRow {
+                request_id: format!("r{i}"),
+                key_id: None,
+                team_id: None,
+                user_id: None,
+                model: None,
+                route: "/api/chat".into(),
+                prompt_tokens: 0,
+                completion_tokens: 0,
+                spend: 0.0,
+                status: crate::store::RequestStatus::Success,
+                http_status: 200,
+                started_at: Utc::now(),
+                duration_ms: 0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn usage_batches_use_four_statement_shapes_only() {
+        for n in [0, 1, 3, 4, 63, 64, 65, 500, 999, 1000] {
+            let all = rows(n);
+            let chunks: Vec<&[UsageRow]> = usage_chunks(&all).collect();
+            assert_eq!(chunks.iter().map(|c| c.len()).sum::<usize>(), n);
+            assert!(chunks.iter().all(|c| USAGE_CHUNKS.contains(&c.len())));
+            let order: Vec<&str> = chunks
+                .iter()
+                .flat_map(|c| c.iter())
+                .map(|r| r.request_id.as_str())
+                .collect();
+            let expected: Vec<&str> = all.iter().map(|r| r.request_id.as_str()).collect();
+            assert_eq!(order, expected, "every row once, in order");
+        }
+        assert_eq!(usage_chunks(&rows(1000)).count(), 19);
+    }
 }

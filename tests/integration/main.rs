@@ -27,6 +27,7 @@ mod invalidation;
 mod jwt;
 mod jwt_providers;
 mod jwt_support;
+mod keepalive;
 mod keys;
 mod keys_support;
 mod limits;
