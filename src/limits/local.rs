@@ -60,6 +60,24 @@ impl Log {
         }
     }
 
+    /// Takes back `amount` logged at `at` (a request that was never sent), from the slot
+    /// that holds it; an emptied slot goes.
+    fn take_back(&mut self, at: Instant, amount: u64) {
+        let Some(i) = self
+            .slots
+            .iter()
+            .rposition(|slot| slot.first <= at && at <= slot.last)
+        else {
+            return; // already out of the window
+        };
+        let taken = self.slots[i].amount.min(amount);
+        self.slots[i].amount -= taken;
+        self.sum -= taken;
+        if self.slots[i].amount == 0 {
+            self.slots.remove(i);
+        }
+    }
+
     /// How long until the oldest slot leaves the window.
     fn retry_after(&self, now: Instant) -> Duration {
         let oldest = self.slots.front().map_or(now, |s| s.last);
@@ -228,10 +246,8 @@ impl LocalLimiter {
     fn forget_admission(&self, permit: &LocalPermit) {
         let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
         for s in &permit.subjects {
-            if let Some(st) = states.get_mut(&s.id)
-                && let Some(i) = st.requests.iter().rposition(|t| *t == permit.admitted_at)
-            {
-                st.requests.remove(i);
+            if let Some(st) = states.get_mut(&s.id) {
+                st.requests.take_back(permit.admitted_at, 1);
             }
         }
     }

@@ -613,6 +613,7 @@ mod tests {
                 http_status: 200,
                 started_at: Utc::now(),
                 duration_ms: 0,
+                server: None,
             })
             .collect()
     }
