@@ -33,6 +33,7 @@ mod limits_shared;
 mod mappings;
 mod openapi;
 mod proxy;
+mod slots_shared;
 mod storage;
 mod teams;
 mod webhook;
