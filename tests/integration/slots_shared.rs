@@ -14,7 +14,6 @@ use futures_util::future::join_all;
 use testkit::ollama::MockOllama;
 use tollgate::config::{Config, UpstreamServerConfig};
 
-use crate::keys_support::ok_json;
 use crate::support::{TestApp, chat, read_to_end};
 
 const MODEL: &str = "llama3.1:8b";
@@ -174,7 +173,8 @@ async fn a_slot_freed_on_one_instance_wakes_a_request_waiting_on_another() {
         stats.model(MODEL).served >= 1,
         "B's request reached the server only after one of A's had ended: {stats:?}"
     );
-    ok_json(response).await;
+    assert_eq!(response.status(), 200);
+    read_to_end(response).await.expect("B's stream");
     assert_eq!(
         server.sim_stats().expect("sim").model(MODEL).max_in_flight,
         2
@@ -230,7 +230,9 @@ async fn the_slots_of_a_crashed_instance_lapse() {
     .expect("the request waits while the crashed instance's leases last");
     assert_eq!(server.sim_stats().expect("sim").model(MODEL).served, 0);
     // Once they lapse, the request is served.
-    ok_json(waiting.await.expect("join")).await;
+    let response = waiting.await.expect("join");
+    assert_eq!(response.status(), 200);
+    read_to_end(response).await.expect("the stream");
     let left: i64 = redis.client.zcard(&key).await.expect("zcard");
     assert!(left <= 1, "the lapsed leases are gone");
 }
