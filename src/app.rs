@@ -32,6 +32,7 @@ use crate::store::shared_cache::SharedCache;
 use crate::store::{SqlStore, Store};
 use crate::tasks::BackgroundTasks;
 use crate::upstream::Upstream;
+use crate::upstream::slots::SharedSlots;
 use crate::usage::{BudgetResets, EventFeed, SpendRecorder};
 
 /// How long shutdown waits for background tasks (settlements, the last usage batch).
@@ -185,8 +186,23 @@ impl App {
         let events = EventFeed::default();
         let in_flight = InFlight::default();
         let cancel = CancellationToken::new();
-        let upstream =
-            Arc::new(Upstream::new(&config).context("cannot build the upstream client")?);
+        let mut upstream = Upstream::new(&config).context("cannot build the upstream client")?;
+        // Round robin (the benchmark's baseline) leaves queueing to Ollama: no slots to
+        // share.
+        if let Some(conn) = &redis
+            && config.upstream.routing != crate::config::RoutingPolicy::RoundRobin
+        {
+            let slots = SharedSlots::start(
+                conn.clone(),
+                upstream.fleet().clone(),
+                Duration::from_secs(config.server.request_timeout_s),
+                &spawner,
+            )
+            .await
+            .context("cannot subscribe to Redis (redis.url)")?;
+            upstream.share_slots(slots, config.redis.failure_mode);
+        }
+        let upstream = Arc::new(upstream);
         let proxy = Proxy::new(ProxyParts {
             authenticator: authenticator.clone(),
             limiter: limiter.clone(),

@@ -73,11 +73,22 @@ struct Server {
     /// Loaded models, least recently used first.
     loaded: Vec<String>,
     in_flight: HashMap<String, u32>,
+    /// With shared slots (Redis): what the other instances hold per model, as the last
+    /// count Redis returned showed it, with that count's version (older news is ignored).
+    /// A hint for routing; Redis decides.
+    remote: HashMap<String, Remote>,
     consecutive_failures: u32,
     /// Set while ejected; cleared by a successful probe.
     ejected_until: Option<Instant>,
     draining: bool,
     last_error_at: Option<DateTime<Utc>>,
+}
+
+/// Slots of one model on one server held by other instances (see [`Server::remote`]).
+#[derive(Debug, Clone, Copy, Default)]
+struct Remote {
+    held: u32,
+    version: u64,
 }
 
 impl Server {
@@ -99,16 +110,22 @@ impl Server {
         self.in_flight.get(model).copied().unwrap_or(0)
     }
 
+    /// This instance's requests for `model` plus those other instances hold.
+    fn busy_of(&self, model: &str) -> u32 {
+        self.in_flight_of(model)
+            .saturating_add(self.remote.get(model).map_or(0, |r| r.held))
+    }
+
     fn view(&self, model: &str) -> ServerView {
         ServerView {
             in_service: self.state() == ServerState::InService,
             lists_model: self.lists(model),
             model_loaded: self.loaded.iter().any(|m| m == model),
-            model_in_flight: self.in_flight_of(model),
+            model_in_flight: self.busy_of(model),
             parallel: self.spec.parallel,
             loaded_count: u32::try_from(self.loaded.len()).unwrap_or(u32::MAX),
             max_loaded: self.spec.max_loaded_models,
-            has_idle_model: self.loaded.iter().any(|m| self.in_flight_of(m) == 0),
+            has_idle_model: self.loaded.iter().any(|m| self.busy_of(m) == 0),
         }
     }
 
@@ -121,10 +138,7 @@ impl Server {
             return false;
         }
         if self.loaded.len() >= self.spec.max_loaded_models as usize
-            && let Some(i) = self
-                .loaded
-                .iter()
-                .position(|m| self.in_flight.get(m).copied().unwrap_or(0) == 0)
+            && let Some(i) = self.loaded.iter().position(|m| self.busy_of(m) == 0)
         {
             self.loaded.remove(i);
         }
@@ -228,6 +242,7 @@ impl Fleet {
                 listed: None,
                 loaded: Vec::new(),
                 in_flight: HashMap::new(),
+                remote: HashMap::new(),
                 consecutive_failures: 0,
                 ejected_until: None,
                 draining: false,
@@ -435,6 +450,37 @@ impl Fleet {
 
     /// Frees a slot, learns the request's timings, and hands freed capacity on.
     pub fn release(&self, server: usize, model: &str, held: Duration, loaded_in: Option<Duration>) {
+        self.free(server, model, held, loaded_in, true);
+    }
+
+    /// [`Fleet::release`] of a slot also leased in Redis: the freed capacity is handed
+    /// on once Redis has freed it too ([`Fleet::observe_shared`]), so a waiter here does
+    /// not race the release to Redis.
+    pub fn release_shared(
+        &self,
+        server: usize,
+        model: &str,
+        held: Duration,
+        loaded_in: Option<Duration>,
+    ) {
+        self.free(server, model, held, loaded_in, false);
+    }
+
+    /// Hands free capacity to waiting requests (after a shared release that Redis could
+    /// not confirm).
+    pub fn redispatch(&self) {
+        let mut state = self.lock();
+        self.dispatch(&mut state);
+    }
+
+    fn free(
+        &self,
+        server: usize,
+        model: &str,
+        held: Duration,
+        loaded_in: Option<Duration>,
+        hand_on: bool,
+    ) {
         let mut state = self.lock();
         if let Some(s) = state.servers.get_mut(server)
             && let Some(n) = s.in_flight.get_mut(model)
@@ -461,7 +507,9 @@ impl Fleet {
             }
             None => times.service_ms = ewma(times.service_ms, held_ms),
         }
-        self.dispatch(&mut state);
+        if hand_on {
+            self.dispatch(&mut state);
+        }
         drop(state);
         self.changed();
     }
@@ -601,6 +649,62 @@ impl Fleet {
         self.dispatch(&mut state);
         drop(state);
         self.changed();
+    }
+
+    /// `parallel` of a server (0 if unknown).
+    pub fn parallel(&self, server: usize) -> u32 {
+        self.lock()
+            .servers
+            .get(server)
+            .map_or(0, |s| s.spec.parallel)
+    }
+
+    /// What Redis says all instances together hold of `model` on `server` (`count`, at
+    /// `version`): what this instance does not hold itself is the other instances'
+    /// share. News older than what is known is ignored. Then the queue is re-dispatched:
+    /// the news may be a slot freed (here or elsewhere).
+    pub fn observe_shared(&self, server: usize, model: &str, count: u32, version: u64) {
+        let mut state = self.lock();
+        let Some(s) = state.servers.get_mut(server) else {
+            return;
+        };
+        let known = s.remote.get(model).copied().unwrap_or_default();
+        if version < known.version {
+            return;
+        }
+        let held = count.saturating_sub(s.in_flight_of(model));
+        // Kept at zero too, so an older count arriving late is still recognised.
+        s.remote.insert(model.to_string(), Remote { held, version });
+        // A slot freed anywhere (here included) may serve a waiter here.
+        self.dispatch(&mut state);
+        drop(state);
+        if held != known.held {
+            self.changed();
+        }
+    }
+
+    /// A claim Redis refused (other instances hold every slot): it is undone here and
+    /// the server counts as full for `model` until a release says otherwise.
+    pub fn refuse_shared(&self, claim: Claim, model: &str, count: u32, version: u64) {
+        self.lock().unclaim(claim.server, model, claim.loads);
+        self.observe_shared(claim.server, model, count, version);
+    }
+
+    /// Pairs (server, its name, model) where other instances are thought to hold slots:
+    /// what the re-read loop checks against Redis.
+    pub fn shared_hints(&self) -> Vec<(usize, String, String)> {
+        let state = self.lock();
+        state
+            .servers
+            .iter()
+            .enumerate()
+            .flat_map(|(i, s)| {
+                s.remote
+                    .iter()
+                    .filter(|(_, r)| r.held > 0)
+                    .map(move |(m, _)| (i, s.spec.name.clone(), m.clone()))
+            })
+            .collect()
     }
 
     pub fn status(&self) -> Vec<ServerStatus> {

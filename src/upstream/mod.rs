@@ -16,6 +16,7 @@ pub mod discovery;
 pub mod fleet;
 pub mod lists;
 pub mod routing;
+pub mod slots;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,8 +26,9 @@ use bytes::Bytes;
 
 pub use fleet::{Fleet, ServerState, ServerStatus, Tenant, canonical_model};
 
-use crate::config::Config;
-use fleet::{Admission, FleetSettings, Refusal};
+use crate::config::{Config, FailureMode};
+use fleet::{Admission, Claim, FleetSettings, Refusal};
+use slots::{Acquired, SharedSlots};
 
 /// What the pipeline sends: everything checked, the body rewritten where policy says.
 #[derive(Debug, Clone)]
@@ -61,6 +63,8 @@ pub enum RouteError {
     Unavailable,
     /// Waited `queue_max_wait_s`, or `queue_max_depth` were already waiting.
     Busy,
+    /// Shared slots are configured but Redis cannot answer (`failure_mode: closed`).
+    SlotsUnavailable,
 }
 
 /// A slot on one server for one model, held while the request runs there; dropping it
@@ -76,6 +80,8 @@ pub struct Lease {
     /// else the wait for the response head.
     load_took: Option<Duration>,
     head_after: Option<Duration>,
+    /// The slot's lease in Redis, when slots are shared and Redis answered.
+    shared: Option<(SharedSlots, String)>,
 }
 
 impl std::fmt::Debug for Lease {
@@ -122,8 +128,39 @@ impl Drop for Lease {
         } else {
             None
         };
-        self.fleet
-            .release(self.server, &self.model, self.started.elapsed(), load);
+        let held = self.started.elapsed();
+        match self.shared.take() {
+            Some((slots, id)) => {
+                self.fleet
+                    .release_shared(self.server, &self.model, held, load);
+                slots.release(self.server, &self.name, &self.model, id);
+            }
+            None => self.fleet.release(self.server, &self.model, held, load),
+        }
+    }
+}
+
+/// A slot claimed here while Redis is asked for its shared lease; dropped unfinished
+/// (the caller went away, Redis refused or failed) it gives the slot back here and
+/// frees whatever Redis may have recorded.
+struct Pending<'a> {
+    upstream: &'a Upstream,
+    model: &'a str,
+    claim: Option<Claim>,
+    lease_id: Option<String>,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        let Some(claim) = self.claim.take() else {
+            return;
+        };
+        if let (Some((slots, _)), Some(id)) = (&self.upstream.shared, self.lease_id.take())
+            && let Some(name) = self.upstream.names.get(claim.server)
+        {
+            slots.release(claim.server, name, self.model, id);
+        }
+        self.upstream.fleet.return_claim(claim, self.model);
     }
 }
 
@@ -135,6 +172,9 @@ pub struct Upstream {
     bases: Vec<String>,
     queue_max_wait: Duration,
     discovery_every: Duration,
+    /// Slots shared with the other instances through Redis, and what to do when Redis
+    /// cannot answer; `None`: this instance counts alone.
+    shared: Option<(SharedSlots, FailureMode)>,
 }
 
 impl Upstream {
@@ -168,7 +208,18 @@ impl Upstream {
             bases,
             queue_max_wait: Duration::from_secs(u.queue_max_wait_s),
             discovery_every: Duration::from_secs(u.discovery_interval_s),
+            shared: None,
         })
+    }
+
+    /// Shares the servers' slots with every instance through Redis (SPEC §12).
+    pub fn share_slots(&mut self, slots: SharedSlots, failure_mode: FailureMode) {
+        self.shared = Some((slots, failure_mode));
+    }
+
+    /// The shared slots, when configured.
+    pub fn shared_slots(&self) -> Option<&SharedSlots> {
+        self.shared.as_ref().map(|(s, _)| s)
     }
 
     pub fn fleet(&self) -> &Arc<Fleet> {
@@ -207,16 +258,84 @@ impl Upstream {
     }
 
     /// A slot for `model` (canonical) on a server not in `exclude`: at once, or after
-    /// waiting in the fair queue for up to `queue_max_wait_s`. A caller that goes away
-    /// while waiting (the future is dropped) leaves the queue at once.
+    /// waiting in the fair queue for up to `queue_max_wait_s`. With shared slots the
+    /// slot is also leased in Redis; when the other instances hold every slot there, the
+    /// claim is undone and the request routed again (elsewhere, or back to the queue).
+    /// A caller that goes away while waiting (the future is dropped) leaves the queue at
+    /// once.
     pub async fn lease(
         &self,
         tenant: &Tenant,
         model: &str,
         exclude: &[usize],
     ) -> Result<Lease, RouteError> {
-        let claim = match self.fleet.admit(tenant, model, exclude) {
-            Ok(Admission::Claimed(claim)) => claim,
+        let deadline = tokio::time::Instant::now() + self.queue_max_wait;
+        loop {
+            let claim = self.claim(tenant, model, exclude, deadline).await?;
+            let Some((slots, failure_mode)) = &self.shared else {
+                return Ok(self.lease_for(claim, model, None));
+            };
+            let name = self
+                .names
+                .get(claim.server)
+                .cloned()
+                .unwrap_or_else(|| Arc::from("-"));
+            let parallel = self.fleet.parallel(claim.server);
+            let mut pending = Pending {
+                upstream: self,
+                model,
+                claim: Some(claim),
+                lease_id: Some(SharedSlots::lease_id()),
+            };
+            let id = pending.lease_id.clone().unwrap_or_default();
+            let answer = slots.acquire(&name, model, parallel, &id).await;
+            match answer {
+                Ok(Acquired::Granted { count, version }) => {
+                    let Some(claim) = pending.claim.take() else {
+                        return Err(RouteError::Unavailable);
+                    };
+                    self.fleet
+                        .observe_shared(claim.server, model, count, version);
+                    let shared = pending.lease_id.take().map(|id| (slots.clone(), id));
+                    return Ok(self.lease_for(claim, model, shared));
+                }
+                Ok(Acquired::Full { count, version }) => {
+                    pending.lease_id = None;
+                    if let Some(claim) = pending.claim.take() {
+                        self.fleet.refuse_shared(claim, model, count, version);
+                    }
+                }
+                Err(e) => match failure_mode {
+                    FailureMode::Closed => {
+                        tracing::warn!(error = %e, "Redis unavailable: refusing (failure_mode: closed)");
+                        pending.lease_id = None;
+                        return Err(RouteError::SlotsUnavailable);
+                    }
+                    FailureMode::Open => {
+                        tracing::warn!(error = %e, "Redis unavailable: counting server slots locally (failure_mode: open)");
+                        metrics::counter!(crate::telemetry::SLOT_FALLBACKS).increment(1);
+                        pending.lease_id = None;
+                        let Some(claim) = pending.claim.take() else {
+                            return Err(RouteError::Unavailable);
+                        };
+                        return Ok(self.lease_for(claim, model, None));
+                    }
+                },
+            }
+        }
+    }
+
+    /// A slot claimed in this instance's fleet: at once, or from the fair queue before
+    /// `deadline`.
+    async fn claim(
+        &self,
+        tenant: &Tenant,
+        model: &str,
+        exclude: &[usize],
+        deadline: tokio::time::Instant,
+    ) -> Result<Claim, RouteError> {
+        match self.fleet.admit(tenant, model, exclude) {
+            Ok(Admission::Claimed(claim)) => Ok(claim),
             Ok(Admission::Queued(rx, id)) => {
                 let mut seat = QueueSeat {
                     fleet: &self.fleet,
@@ -227,18 +346,21 @@ impl Upstream {
                 };
                 let started = Instant::now();
                 crate::telemetry::queue_depth(self.fleet.queued());
-                let granted = tokio::time::timeout(self.queue_max_wait, &mut seat.rx).await;
+                let granted = tokio::time::timeout_at(deadline, &mut seat.rx).await;
                 drop(seat);
                 crate::telemetry::queue_wait(started.elapsed(), granted.is_ok());
                 match granted {
-                    Ok(Ok(claim)) => claim,
-                    _ => return Err(RouteError::Busy),
+                    Ok(Ok(claim)) => Ok(claim),
+                    _ => Err(RouteError::Busy),
                 }
             }
-            Err(Refusal::NotFound) => return Err(RouteError::ModelNotFound),
-            Err(Refusal::Unavailable) => return Err(RouteError::Unavailable),
-            Err(Refusal::QueueFull) => return Err(RouteError::Busy),
-        };
+            Err(Refusal::NotFound) => Err(RouteError::ModelNotFound),
+            Err(Refusal::Unavailable) => Err(RouteError::Unavailable),
+            Err(Refusal::QueueFull) => Err(RouteError::Busy),
+        }
+    }
+
+    fn lease_for(&self, claim: Claim, model: &str, shared: Option<(SharedSlots, String)>) -> Lease {
         let name = self
             .names
             .get(claim.server)
@@ -249,7 +371,7 @@ impl Upstream {
                 "server" => name.to_string(), "model" => model.to_string())
             .increment(1);
         }
-        Ok(Lease {
+        Lease {
             fleet: self.fleet.clone(),
             server: claim.server,
             name,
@@ -258,7 +380,8 @@ impl Upstream {
             loads: claim.loads,
             load_took: None,
             head_after: None,
-        })
+            shared,
+        }
     }
 
     /// Sends the request to `server`; resolves with the response head, its body still

@@ -37,6 +37,7 @@ mod model_policy;
 mod openapi;
 mod proxy;
 mod queue;
+mod slots_shared;
 mod storage;
 mod teams;
 mod webhook;

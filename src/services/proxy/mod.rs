@@ -462,6 +462,7 @@ impl Proxy {
                     return Err(AppError::ModelNotFound(model.clone()));
                 }
                 Err(RouteError::Busy) => return Err(busy_error()),
+                Err(RouteError::SlotsUnavailable) => return Err(AppError::LimitsUnavailable),
                 Err(RouteError::Unavailable) if busy || tried.is_empty() => {
                     return Err(busy_error());
                 }
