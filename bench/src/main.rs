@@ -2,7 +2,7 @@
 //! run, on loopback (SPEC §8).
 //!
 //! ```text
-//! cargo run --release -p tollgate-bench               # full run (~2 minutes)
+//! cargo run --release -p tollgate-bench               # full run (~3.5 minutes, the fleet benchmark included)
 //! cargo run --release -p tollgate-bench -- --quick    # smoke run (~40 s)
 //! ```
 //!
