@@ -43,8 +43,18 @@ pub struct Call {
 
 impl Call {
     pub fn chat(base_url: &str, bearer: Option<&str>, streaming: bool) -> anyhow::Result<Self> {
+        Self::chat_model(base_url, bearer, "llama3.1:8b", streaming)
+    }
+
+    /// [`Call::chat`] for a chosen model.
+    pub fn chat_model(
+        base_url: &str,
+        bearer: Option<&str>,
+        model: &str,
+        streaming: bool,
+    ) -> anyhow::Result<Self> {
         let body = serde_json::json!({
-            "model": "llama3.1:8b",
+            "model": model,
             "messages": [{"role": "user", "content": "Say hello in one short sentence."}],
             "stream": streaming,
         });
@@ -145,7 +155,7 @@ fn memchr_find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// What a phase collects.
 #[derive(Debug, Default)]
-struct Recorder {
+pub struct Recorder {
     total: Latencies,
     first_byte: Latencies,
     lag: Latencies,
@@ -155,7 +165,7 @@ struct Recorder {
 }
 
 impl Recorder {
-    fn outcome(&mut self, result: Result<Timing, String>) {
+    pub fn outcome(&mut self, result: Result<Timing, String>) {
         match result {
             Ok(t) => {
                 self.ok += 1;
@@ -171,7 +181,7 @@ impl Recorder {
         }
     }
 
-    fn merge(&mut self, other: Recorder) {
+    pub fn merge(&mut self, other: Recorder) {
         self.total.merge(&other.total);
         self.first_byte.merge(&other.first_byte);
         self.lag.merge(&other.lag);
@@ -182,7 +192,7 @@ impl Recorder {
         }
     }
 
-    fn summary(self, window: Duration, streaming: bool, open_loop: bool) -> Summary {
+    pub fn summary(self, window: Duration, streaming: bool, open_loop: bool) -> Summary {
         let secs = window.as_secs_f64();
         Summary {
             requests: self.ok,

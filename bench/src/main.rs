@@ -2,7 +2,7 @@
 //! run, on loopback (SPEC §8).
 //!
 //! ```text
-//! cargo run --release -p tollgate-bench               # full run (~2 minutes)
+//! cargo run --release -p tollgate-bench               # full run (~3.5 minutes, the fleet benchmark included)
 //! cargo run --release -p tollgate-bench -- --quick    # smoke run (~40 s)
 //! ```
 //!
@@ -21,6 +21,9 @@
 //!   keep-alive upstream) when nginx is installed: the "plain proxy" reference;
 //! - g. soak: `--soak-requests` (a million) non-streaming requests through tollgate in a
 //!   child process, with its RSS before, right after and after `--soak-idle-s` idle.
+//! - fleet (`--fleet`, `--only fleet`): tollgate's `model_aware` routing against
+//!   `round_robin` and a fixed model → server split over 3 simulated Ollama servers, then
+//!   a light tenant beside a flooding one (see [`fleet`]).
 //!
 //! Placement (2-core machines): with two or more usable CPUs the gateway under test —
 //! tollgate's runtime (one worker per CPU it owns), the tollgate child process, or the
@@ -30,6 +33,7 @@
 //! CPU of its own, like nginx's single worker. `--no-pin` lets the scheduler place
 //! everything (tollgate then gets one worker per usable CPU, as `tollgate serve` would).
 
+mod fleet;
 mod gateway;
 mod load;
 mod report;
@@ -116,8 +120,17 @@ struct Opts {
     /// Do not pin the gateway and the generator to separate CPUs.
     #[arg(long)]
     no_pin: bool,
-    /// Only these scenarios (letters a–g, comma-separated). c, d and f are extra targets
-    /// of a's phases, so selecting any of them runs a too.
+    /// Fleet benchmark: unrecorded seconds per policy before its measured window.
+    #[arg(long, default_value_t = 6.0)]
+    fleet_warmup_s: f64,
+    /// Fleet benchmark: measured seconds per policy (and per light-tenant phase).
+    #[arg(long, default_value_t = 15.0)]
+    fleet_duration_s: f64,
+    /// Only the fleet benchmark (same as `--only fleet`).
+    #[arg(long)]
+    fleet: bool,
+    /// Only these scenarios (letters a–g and `fleet`, comma-separated). c, d and f are
+    /// extra targets of a's phases, so selecting any of them runs a too.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where to write the JSON results.
@@ -252,6 +265,11 @@ fn run(mut opts: Opts) -> anyhow::Result<()> {
         opts.soak_requests = opts.soak_requests.min(100_000);
         opts.soak_max_s = opts.soak_max_s.min(60.0);
         opts.soak_idle_s = opts.soak_idle_s.min(3.0);
+        opts.fleet_warmup_s = opts.fleet_warmup_s.min(4.0);
+        opts.fleet_duration_s = opts.fleet_duration_s.min(6.0);
+    }
+    if opts.fleet {
+        opts.only.push("fleet".into());
     }
     let nofile = system::raise_nofile_limit();
     let usable = system::current_cpus();
@@ -343,9 +361,30 @@ fn run(mut opts: Opts) -> anyhow::Result<()> {
         }));
     }
     scenarios.sort_by_key(|s| s.id.chars().next());
+    let fleet_phases = fleet::FleetPhases {
+        warmup: Duration::from_secs_f64(opts.fleet_warmup_s),
+        window: Duration::from_secs_f64(opts.fleet_duration_s),
+    };
+    let fleet = bench.wants("fleet").then(|| {
+        fleet::run(
+            &fleet::Env {
+                placement: &bench.placement,
+                gen_rt: &bench.gen_rt,
+                sim_rt: &bench.mock_rt,
+            },
+            fleet_phases,
+        )
+    });
 
     machine.loadavg_at_end = system::loadavg();
-    let targets = report::spec_targets(&scenarios, STREAM_FRAMES, STREAM_DELAY_MS);
+    let mut targets = if scenarios.is_empty() {
+        Vec::new()
+    } else {
+        report::spec_targets(&scenarios, STREAM_FRAMES, STREAM_DELAY_MS)
+    };
+    if let Some(f) = &fleet {
+        targets.extend(f.targets.iter().cloned());
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let command = if args.is_empty() {
         "cargo run --release -p tollgate-bench".to_string()
@@ -367,11 +406,13 @@ fn run(mut opts: Opts) -> anyhow::Result<()> {
                 "duration_s": slow_duration(&opts).as_secs_f64(),
             },
             "key": gateway::limited_key_request(),
+            "fleet": fleet.as_ref().map(|f| &f.settings),
             "nginx": nginx_version,
             "latency": "open loop: from the scheduled send time (no coordinated omission); \
                         closed loop: from the send time",
         }),
         scenarios,
+        fleet,
         spec_targets: targets,
         wall_time_s: (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
     };
@@ -384,8 +425,14 @@ fn run(mut opts: Opts) -> anyhow::Result<()> {
     println!("placement: {}", machine.placement);
     println!("command: {}", report.command);
     println!();
-    print!("{}", report::scenario_table(&report.scenarios));
-    println!();
+    if !report.scenarios.is_empty() {
+        print!("{}", report::scenario_table(&report.scenarios));
+        println!();
+    }
+    if let Some(f) = &report.fleet {
+        print!("{}", fleet::fleet_table(f));
+        println!();
+    }
     print!("{}", report::targets_table(&report.spec_targets));
     println!();
     println!(

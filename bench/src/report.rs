@@ -192,6 +192,9 @@ pub struct Report {
     pub machine: Machine,
     pub settings: serde_json::Value,
     pub scenarios: Vec<Scenario>,
+    /// The fleet benchmark (routing policies over simulated servers), when it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<crate::fleet::FleetReport>,
     pub spec_targets: Vec<Target>,
     pub wall_time_s: f64,
 }
