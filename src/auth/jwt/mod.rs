@@ -12,6 +12,8 @@
 //! Successful verifications are cached by the token's SHA-256 until `min(exp, 60 s)`.
 
 mod claims;
+#[doc(hidden)]
+pub mod fuzzing;
 mod jwks;
 mod keys;
 mod policy;
