@@ -51,7 +51,7 @@ fuzz_target!(|data: &[u8]| {
 
     let quoted = serde_json::to_string(input).expect("a string serializes");
     let yaml = format!("upstream:\n  url: {quoted}\n");
-    let _ = load_from(Some(&yaml), &env);
+    let _ = load_from(Some(yaml.as_str()), &env);
     let mut env = env;
     env.insert("FUZZ_VALUE".into(), input.to_owned());
     let _ = load_from(
