@@ -16,6 +16,14 @@ pub use duration::{
 pub use jwt::{JwtProvider, ProviderConfig};
 pub use load::{ConfigError, load};
 
+/// Entry points for the fuzz targets in `fuzz/` (the `${VAR}` expansion and loading
+/// from text); not part of the API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use super::expand::{expand_str, is_whole_reference};
+    pub use super::load::load_from;
+}
+
 use serde::{Deserialize, Serialize};
 
 /// A secret string whose `Debug` never prints it.

@@ -20,6 +20,8 @@
 
 mod claims;
 mod discovery;
+#[doc(hidden)]
+pub mod fuzzing;
 mod jwks;
 mod keys;
 mod policy;

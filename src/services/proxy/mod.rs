@@ -8,6 +8,13 @@ mod lists;
 pub mod meter;
 pub mod routes;
 
+/// Entry points for the fuzz targets in `fuzz/` (request body inspection); not part of
+/// the API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use super::inspect::{RequestFacts, inspect};
+}
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
