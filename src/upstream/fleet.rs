@@ -116,7 +116,16 @@ impl Server {
             .saturating_add(self.remote.get(model).map_or(0, |r| r.held))
     }
 
-    fn view(&self, model: &str) -> ServerView {
+    /// What routing sees of this server for `model`. `waited_for` says whether requests
+    /// wait in the queue for a model: the model a load would evict — the least recently
+    /// used idle one, as Ollama chooses — counts as busy while requests wait for it, so a
+    /// load for one tenant never evicts the model another tenant is about to be served.
+    fn view(&self, model: &str, waited_for: &dyn Fn(&str) -> bool) -> ServerView {
+        let evictable = self
+            .loaded
+            .iter()
+            .find(|m| self.busy_of(m) == 0)
+            .is_some_and(|m| !waited_for(m));
         ServerView {
             in_service: self.state() == ServerState::InService,
             lists_model: self.lists(model),
@@ -125,7 +134,7 @@ impl Server {
             parallel: self.spec.parallel,
             loaded_count: u32::try_from(self.loaded.len()).unwrap_or(u32::MAX),
             max_loaded: self.spec.max_loaded_models,
-            has_idle_model: self.loaded.iter().any(|m| self.busy_of(m) == 0),
+            has_idle_model: evictable,
         }
     }
 
@@ -411,12 +420,20 @@ impl Fleet {
         if self.settings.policy == RoutingPolicy::RoundRobin {
             return state.round_robin(model, exclude);
         }
+        let waited: HashSet<&str> = state
+            .queue
+            .values()
+            .flatten()
+            .map(|w| w.model.as_str())
+            .filter(|m| *m != model)
+            .collect();
+        let waited_for = |m: &str| waited.contains(m);
         let views: Vec<ServerView> = state
             .servers
             .iter()
             .enumerate()
             .map(|(i, s)| {
-                let mut v = s.view(model);
+                let mut v = s.view(model, &waited_for);
                 if exclude.contains(&i) {
                     v.in_service = false;
                 }
@@ -886,6 +903,28 @@ mod tests {
         f.release(0, "m:latest", Duration::from_millis(10), None);
         assert!(heavy_waiting[0].0.try_recv().is_ok());
         assert!(heavy_waiting[1].0.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_load_never_evicts_a_model_that_requests_wait_for() {
+        // One server, one model at a time, one slot: A is busy and both tenants wait —
+        // `x` (never served) for C, `y` for A.
+        let f = fleet(&[("a", 1, 1)]);
+        let (x, y) = (tenant("x"), tenant("y"));
+        let first = claimed(f.admit(&y, "a:latest", &[]));
+        let (mut for_a, _) = queued(f.admit(&y, "a:latest", &[]));
+        let (mut for_c, _) = queued(f.admit(&x, "c:latest", &[]));
+        // A frees. `x` is served least recently, but loading C would evict A, which a
+        // request waits for: A's waiter gets the warm slot, C keeps waiting.
+        f.release(first.server, "a:latest", Duration::from_millis(10), None);
+        let got = for_a.try_recv().expect("the warm slot went to A's waiter");
+        assert!(!got.loads);
+        assert!(for_c.try_recv().is_err(), "C did not evict A");
+        // Once nobody waits for A and it is idle, C may load (evicting it).
+        f.release(0, "a:latest", Duration::from_millis(10), None);
+        let c = for_c.try_recv().expect("C loads now");
+        assert!(c.loads);
+        assert_eq!(f.status()[0].loaded, vec!["c:latest".to_string()]);
     }
 
     #[test]
