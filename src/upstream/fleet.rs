@@ -289,26 +289,6 @@ impl Fleet {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub fn len(&self) -> usize {
-        self.lock().servers.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    pub fn name(&self, server: usize) -> String {
-        self.lock()
-            .servers
-            .get(server)
-            .map(|s| s.spec.name.clone())
-            .unwrap_or_default()
-    }
-
-    pub fn base_url(&self, server: usize) -> Option<String> {
-        self.lock().servers.get(server).map(|s| s.spec.url.clone())
-    }
-
     pub fn index_of(&self, name: &str) -> Option<usize> {
         self.lock().servers.iter().position(|s| s.spec.name == name)
     }
@@ -407,7 +387,7 @@ impl Fleet {
     /// A claim granted to a waiter that left before taking it.
     pub fn return_claim(&self, claim: Claim, model: &str) {
         let mut state = self.lock();
-        state.unclaim(claim.server, model, claim.loads);
+        state.unclaim(claim.server, model);
         self.dispatch(&mut state);
     }
 
@@ -562,9 +542,9 @@ impl Fleet {
                     }
                     state.depth -= 1;
                     let server = claim.server;
-                    if let Err(unused) = waiter.grant.send(claim) {
+                    if waiter.grant.send(claim).is_err() {
                         // The waiter left between its last poll and now.
-                        state.unclaim(server, &model, unused.loads);
+                        state.unclaim(server, &model);
                     } else {
                         state.mark_served(&tenant);
                     }
@@ -703,7 +683,7 @@ impl Fleet {
     /// A claim Redis refused (other instances hold every slot): it is undone here and
     /// the server counts as full for `model` until a release says otherwise.
     pub fn refuse_shared(&self, claim: Claim, model: &str, count: u32, version: u64) {
-        self.lock().unclaim(claim.server, model, claim.loads);
+        self.lock().unclaim(claim.server, model);
         self.observe_shared(claim.server, model, count, version);
     }
 
@@ -761,7 +741,7 @@ impl State {
         Claim { server, loads }
     }
 
-    fn unclaim(&mut self, server: usize, model: &str, _loaded: bool) {
+    fn unclaim(&mut self, server: usize, model: &str) {
         if let Some(n) = self.servers[server].in_flight.get_mut(model) {
             *n = n.saturating_sub(1);
             if *n == 0 {
