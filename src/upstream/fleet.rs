@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;
 
-use super::routing::{LoadEconomics, Route, ServerView, route};
+use super::routing::{Eviction, LoadEconomics, Route, ServerView, route};
 use crate::config::{RoutingPolicy, ServerSpec};
 
 /// A model's canonical name: `name` ≡ `name:latest`.
@@ -72,6 +72,8 @@ struct Server {
     listed: Option<HashSet<String>>,
     /// Loaded models, least recently used first.
     loaded: Vec<String>,
+    /// When the gateway last claimed or freed a slot of each loaded model here.
+    last_used: HashMap<String, tokio::time::Instant>,
     in_flight: HashMap<String, u32>,
     /// With shared slots (Redis): what the other instances hold per model, as the last
     /// count Redis returned showed it, with that count's version (older news is ignored).
@@ -116,16 +118,31 @@ impl Server {
             .saturating_add(self.remote.get(model).map_or(0, |r| r.held))
     }
 
-    /// What routing sees of this server for `model`. `waited_for` says whether requests
-    /// wait in the queue for a model: the model a load would evict — the least recently
-    /// used idle one, as Ollama chooses — counts as busy while requests wait for it, so a
-    /// load for one tenant never evicts the model another tenant is about to be served.
-    fn view(&self, model: &str, waited_for: &dyn Fn(&str) -> bool) -> ServerView {
-        let evictable = self
-            .loaded
-            .iter()
-            .find(|m| self.busy_of(m) == 0)
-            .is_some_and(|m| !waited_for(m));
+    /// What a load here would evict — the least recently used idle model, as Ollama
+    /// chooses — and how much the fleet still needs it.
+    fn eviction(&self, need: &Need<'_>) -> Eviction {
+        if self.loaded.len() < self.spec.max_loaded_models as usize {
+            return Eviction::Nothing;
+        }
+        let Some(victim) = self.loaded.iter().find(|m| self.busy_of(m) == 0) else {
+            return Eviction::Impossible;
+        };
+        if need.copies.get(victim.as_str()).copied().unwrap_or(0) > 1 {
+            Eviction::Copy
+        } else if need.waited.contains(victim.as_str()) {
+            Eviction::Waited
+        } else if self
+            .last_used
+            .get(victim)
+            .is_some_and(|t| t.elapsed() < need.recent(victim))
+        {
+            Eviction::LastCopy
+        } else {
+            Eviction::Unwanted
+        }
+    }
+
+    fn view(&self, model: &str, need: &Need<'_>) -> ServerView {
         ServerView {
             in_service: self.state() == ServerState::InService,
             lists_model: self.lists(model),
@@ -134,8 +151,13 @@ impl Server {
             parallel: self.spec.parallel,
             loaded_count: u32::try_from(self.loaded.len()).unwrap_or(u32::MAX),
             max_loaded: self.spec.max_loaded_models,
-            has_idle_model: evictable,
+            eviction: self.eviction(need),
         }
+    }
+
+    fn used(&mut self, model: &str) {
+        self.last_used
+            .insert(model.to_string(), tokio::time::Instant::now());
     }
 
     /// Marks `model` most recently used, loading it (and evicting the least recently
@@ -149,10 +171,29 @@ impl Server {
         if self.loaded.len() >= self.spec.max_loaded_models as usize
             && let Some(i) = self.loaded.iter().position(|m| self.busy_of(m) == 0)
         {
-            self.loaded.remove(i);
+            let evicted = self.loaded.remove(i);
+            self.last_used.remove(&evicted);
         }
         self.loaded.push(model.to_string());
         true
+    }
+}
+
+/// How much the fleet needs each model, for what a load would evict.
+struct Need<'a> {
+    /// Models requests wait for in the queue (the one being routed not included).
+    waited: HashSet<&'a str>,
+    /// On how many servers in service each model is loaded.
+    copies: HashMap<&'a str, u32>,
+    times: &'a HashMap<String, ModelTimes>,
+}
+
+impl Need<'_> {
+    /// A model used within about one load and one answer of now will likely be asked
+    /// for again before a reload could finish: evicting it costs that reload.
+    fn recent(&self, model: &str) -> Duration {
+        let t = self.times.get(model).copied().unwrap_or(DEFAULT_TIMES);
+        Duration::from_millis(t.service_ms.saturating_add(t.load_ms))
     }
 }
 
@@ -176,6 +217,7 @@ fn ewma(old: u64, sample: u64) -> u64 {
 
 struct Waiter {
     id: u64,
+    since: tokio::time::Instant,
     model: String,
     exclude: Vec<usize>,
     grant: oneshot::Sender<Claim>,
@@ -250,6 +292,7 @@ impl Fleet {
                 single: settings.single,
                 listed: None,
                 loaded: Vec::new(),
+                last_used: HashMap::new(),
                 in_flight: HashMap::new(),
                 remote: HashMap::new(),
                 consecutive_failures: 0,
@@ -356,6 +399,7 @@ impl Fleet {
                     .or_default()
                     .push_back(Waiter {
                         id,
+                        since: tokio::time::Instant::now(),
                         model: model.to_string(),
                         exclude: exclude.to_vec(),
                         grant,
@@ -400,20 +444,35 @@ impl Fleet {
         if self.settings.policy == RoutingPolicy::RoundRobin {
             return state.round_robin(model, exclude);
         }
-        let waited: HashSet<&str> = state
-            .queue
-            .values()
-            .flatten()
-            .map(|w| w.model.as_str())
-            .filter(|m| *m != model)
-            .collect();
-        let waited_for = |m: &str| waited.contains(m);
+        let mut need = Need {
+            waited: HashSet::new(),
+            copies: HashMap::new(),
+            times: &state.times,
+        };
+        let (mut waiting, mut oldest) = (0u32, None::<tokio::time::Instant>);
+        for w in state.queue.values().flatten() {
+            if w.model == model {
+                waiting = waiting.saturating_add(1);
+                oldest = Some(oldest.map_or(w.since, |o| o.min(w.since)));
+            } else {
+                need.waited.insert(w.model.as_str());
+            }
+        }
+        for s in state
+            .servers
+            .iter()
+            .filter(|s| s.state() == ServerState::InService)
+        {
+            for m in &s.loaded {
+                *need.copies.entry(m.as_str()).or_insert(0) += 1;
+            }
+        }
         let views: Vec<ServerView> = state
             .servers
             .iter()
             .enumerate()
             .map(|(i, s)| {
-                let mut v = s.view(model, &waited_for);
+                let mut v = s.view(model, &need);
                 if exclude.contains(&i) {
                     v.in_service = false;
                 }
@@ -421,16 +480,13 @@ impl Fleet {
             })
             .collect();
         let times = state.times.get(model).copied().unwrap_or(DEFAULT_TIMES);
-        let waiting = state
-            .queue
-            .values()
-            .flatten()
-            .filter(|w| w.model == model)
-            .count();
+        // Long enough for the models it would displace to have had several turns.
+        let starve_after = Duration::from_millis(times.load_ms.saturating_mul(2));
         let economics = LoadEconomics {
-            waiting: u32::try_from(waiting).unwrap_or(u32::MAX),
+            waiting,
             service_ms: times.service_ms,
             load_ms: times.load_ms,
+            starving: oldest.is_some_and(|t| t.elapsed() >= starve_after),
         };
         match route(&views, economics) {
             Route::Warm(i) => Decision::Claim(state.claim(i, model)),
@@ -485,6 +541,9 @@ impl Fleet {
             *n = n.saturating_sub(1);
             if *n == 0 {
                 s.in_flight.remove(model);
+            }
+            if s.loaded.iter().any(|m| m == model) {
+                s.used(model);
             }
         }
         let times = state
@@ -642,6 +701,10 @@ impl Fleet {
                 }
             }
             s.loaded = next;
+            let Server {
+                loaded, last_used, ..
+            } = s;
+            last_used.retain(|m, _| loaded.contains(m));
         }
         self.dispatch(&mut state);
         drop(state);
@@ -738,6 +801,7 @@ impl State {
         let s = &mut self.servers[server];
         *s.in_flight.entry(model.to_string()).or_insert(0) += 1;
         let loads = s.touch(model);
+        s.used(model);
         Claim { server, loads }
     }
 
@@ -905,6 +969,45 @@ mod tests {
         let c = for_c.try_recv().expect("C loads now");
         assert!(c.loads);
         assert_eq!(f.status()[0].loaded, vec!["c:latest".to_string()]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_warm_model_is_not_copied_over_the_last_copy_of_a_model_in_use() {
+        // x is busy on a, y idle on b; x's queue is long enough that a copy would pay.
+        let f = fleet(&[("a", 1, 1), ("b", 1, 1)]);
+        let t = tenant("t");
+        let _x = claimed(f.admit(&t, "x:latest", &[1]));
+        let y = claimed(f.admit(&t, "y:latest", &[0]));
+        f.release(y.server, "y:latest", Duration::from_millis(10), None);
+        let _waiting: Vec<_> = (0..20)
+            .map(|_| queued(f.admit(&t, "x:latest", &[])))
+            .collect();
+        assert_eq!(f.status()[1].loaded, vec!["y:latest".to_string()]);
+        // Once y has gone unused for longer than a load and an answer, it may go.
+        tokio::time::advance(Duration::from_secs(12)).await;
+        let copy = claimed(f.admit(&tenant("u"), "x:latest", &[]));
+        assert_eq!((copy.server, copy.loads), (1, true));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_model_loaded_nowhere_takes_a_waited_for_last_copy_only_once_it_starves() {
+        let f = fleet(&[("a", 1, 1)]);
+        let (x, y) = (tenant("x"), tenant("y"));
+        let first = claimed(f.admit(&y, "a:latest", &[]));
+        let _for_a: Vec<_> = (0..3)
+            .map(|_| queued(f.admit(&y, "a:latest", &[])))
+            .collect();
+        let (mut for_c, _) = queued(f.admit(&x, "c:latest", &[]));
+        f.release(first.server, "a:latest", Duration::from_millis(10), None);
+        assert!(
+            for_c.try_recv().is_err(),
+            "C waits while A's waiters are served"
+        );
+        // C has waited two loads' time (the default estimate is 10 s): it may evict A.
+        tokio::time::advance(Duration::from_secs(21)).await;
+        f.release(0, "a:latest", Duration::from_millis(10), None);
+        let c = for_c.try_recv().expect("C loads once it starves");
+        assert!(c.loads);
     }
 
     #[test]

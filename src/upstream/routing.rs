@@ -16,8 +16,28 @@ pub struct ServerView {
     pub parallel: u32,
     pub loaded_count: u32,
     pub max_loaded: u32,
-    /// Some loaded model has no request in flight (it is what a load would evict).
-    pub has_idle_model: bool,
+    /// What a load here would cost the models already loaded.
+    pub eviction: Eviction,
+}
+
+/// What a load on a server would evict: the least recently used model with no request
+/// in flight, as Ollama chooses — classed by how much the fleet still needs it. Ordered
+/// from cheapest to dearest, so the cheapest load wins.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Eviction {
+    /// There is room for another model: nothing is evicted.
+    #[default]
+    Nothing,
+    /// An idle model nobody has asked for lately.
+    Unwanted,
+    /// A model also loaded on another server: its requests still have somewhere warm.
+    Copy,
+    /// The only loaded copy of a model used lately: its next request pays a load.
+    LastCopy,
+    /// The only loaded copy of a model that requests are waiting for.
+    Waited,
+    /// Every loaded model has requests in flight: a load would have to wait for one.
+    Impossible,
 }
 
 impl ServerView {
@@ -25,9 +45,8 @@ impl ServerView {
         self.model_loaded && self.model_in_flight < self.parallel
     }
 
-    /// A load here evicts no model with requests in flight.
-    fn can_load(&self) -> bool {
-        !self.model_loaded && (self.loaded_count < self.max_loaded || self.has_idle_model)
+    fn cold(&self) -> bool {
+        !self.model_loaded && self.eviction != Eviction::Impossible
     }
 }
 
@@ -56,6 +75,10 @@ pub struct LoadEconomics {
     pub service_ms: u64,
     /// Typical time a load of the model takes.
     pub load_ms: u64,
+    /// The model's oldest waiter has waited long enough that it may take the last copy
+    /// of a model others wait for (otherwise a model loaded nowhere could starve while
+    /// its servers stay busy with the rest).
+    pub starving: bool,
 }
 
 impl LoadEconomics {
@@ -91,20 +114,32 @@ pub fn route(servers: &[ServerView], economics: LoadEconomics) -> Route {
     {
         return Route::Warm(i);
     }
-    // Rule 3: a load that evicts nothing busy, where the fewest models are loaded — and
-    // while the model is warm elsewhere, only when waiting would take longer.
+    // Rule 3: a load where it costs the least (what it evicts, then how many models are
+    // loaded there). A model loaded nowhere must load somewhere, though not at the
+    // expense of the last copy of a model requests wait for unless it has waited long.
+    // A model warm elsewhere is copied only when waiting would take longer than a load,
+    // and only where that evicts nothing the fleet uses: taking another model's last
+    // copy would only move the load onto that model's next request (the thrash that
+    // round robin suffers).
     let warm_slots: u32 = candidates()
         .filter(|(_, s)| s.model_loaded)
         .map(|(_, s)| s.parallel)
         .sum();
-    if economics.load_pays(warm_slots)
-        && let Some((i, _)) = candidates()
-            .filter(|(_, s)| s.can_load())
-            .min_by_key(|(_, s)| s.loaded_count)
-    {
-        return Route::Load(i);
-    }
-    Route::Wait
+    let dearest = if warm_slots == 0 {
+        if economics.starving {
+            Eviction::Waited
+        } else {
+            Eviction::LastCopy
+        }
+    } else if economics.load_pays(warm_slots) {
+        Eviction::Unwanted
+    } else {
+        return Route::Wait;
+    };
+    candidates()
+        .filter(|(_, s)| s.cold() && s.eviction <= dearest)
+        .min_by_key(|(_, s)| (s.eviction, s.loaded_count))
+        .map_or(Route::Wait, |(i, _)| Route::Load(i))
 }
 
 #[cfg(test)]
@@ -134,7 +169,16 @@ mod tests {
         waiting: 0,
         service_ms: 1_000,
         load_ms: 3_000,
+        starving: false,
     };
+
+    fn full(eviction: Eviction) -> ServerView {
+        ServerView {
+            loaded_count: 2,
+            eviction,
+            ..server()
+        }
+    }
 
     #[test]
     fn a_model_listed_nowhere_is_not_found() {
@@ -173,21 +217,15 @@ mod tests {
     #[test]
     fn a_load_never_evicts_a_busy_model() {
         // Full server whose loaded models are all busy: no load there.
-        let full_busy = ServerView {
-            loaded_count: 2,
-            has_idle_model: false,
-            ..server()
-        };
         assert_eq!(
-            route(std::slice::from_ref(&full_busy), CHEAP_WAIT),
+            route(&[full(Eviction::Impossible)], CHEAP_WAIT),
             Route::Wait
         );
         // The same server with an idle model may load (evicting the idle one).
-        let full_idle = ServerView {
-            has_idle_model: true,
-            ..full_busy
-        };
-        assert_eq!(route(&[full_idle], CHEAP_WAIT), Route::Load(0));
+        assert_eq!(
+            route(&[full(Eviction::LastCopy)], CHEAP_WAIT),
+            Route::Load(0)
+        );
     }
 
     #[test]
@@ -195,11 +233,61 @@ mod tests {
         let two = ServerView {
             loaded_count: 1,
             max_loaded: 3,
-            has_idle_model: true,
             ..server()
         };
         let none = server();
         assert_eq!(route(&[two, none], CHEAP_WAIT), Route::Load(1));
+    }
+
+    #[test]
+    fn a_load_goes_where_it_evicts_the_least_needed_model() {
+        let servers = [
+            full(Eviction::LastCopy),
+            full(Eviction::Copy),
+            full(Eviction::Unwanted),
+        ];
+        assert_eq!(route(&servers, CHEAP_WAIT), Route::Load(2));
+        assert_eq!(route(&servers[..2], CHEAP_WAIT), Route::Load(1));
+        // Room beats any eviction, however many models are loaded there.
+        let roomy = ServerView {
+            loaded_count: 2,
+            max_loaded: 3,
+            ..server()
+        };
+        assert_eq!(
+            route(&[full(Eviction::Unwanted), roomy], CHEAP_WAIT),
+            Route::Load(1)
+        );
+    }
+
+    #[test]
+    fn the_last_copy_of_a_waited_for_model_goes_only_to_a_starving_model() {
+        let waited = [full(Eviction::Waited)];
+        assert_eq!(route(&waited, CHEAP_WAIT), Route::Wait);
+        let starving = LoadEconomics {
+            starving: true,
+            ..CHEAP_WAIT
+        };
+        assert_eq!(route(&waited, starving), Route::Load(0));
+    }
+
+    #[test]
+    fn a_warm_model_is_copied_only_where_that_evicts_nothing_in_use() {
+        let crowded = LoadEconomics {
+            waiting: 20,
+            ..CHEAP_WAIT
+        };
+        for eviction in [Eviction::Copy, Eviction::LastCopy, Eviction::Waited] {
+            assert_eq!(
+                route(&[warm(2), full(eviction)], crowded),
+                Route::Wait,
+                "{eviction:?}"
+            );
+        }
+        assert_eq!(
+            route(&[warm(2), full(Eviction::Unwanted)], crowded),
+            Route::Load(1)
+        );
     }
 
     #[test]
@@ -221,11 +309,9 @@ mod tests {
 
     #[test]
     fn when_nothing_is_possible_the_request_waits() {
-        let busy = warm(2);
-        let full = ServerView {
-            loaded_count: 2,
-            ..server()
-        };
-        assert_eq!(route(&[busy, full], CHEAP_WAIT), Route::Wait);
+        assert_eq!(
+            route(&[warm(2), full(Eviction::Impossible)], CHEAP_WAIT),
+            Route::Wait
+        );
     }
 }
