@@ -21,6 +21,8 @@ use crate::support::*;
 
 /// Debian's Chromium; the scripts launch exactly this binary.
 const CHROMIUM: &str = "/usr/bin/chromium";
+/// playwright-core's oldest Node.js (its `engines`).
+const NODE_MAJOR: u32 = 20;
 /// `1`: a missing prerequisite fails the test instead of skipping it.
 const REQUIRE_VAR: &str = "TOLLGATE_REQUIRE_BROWSER";
 /// `1`: write the screenshots to `docs/` (committed) instead of a temporary directory.
@@ -61,8 +63,19 @@ fn missing_prerequisite() -> Option<String> {
         .arg("--version")
         .stdin(Stdio::null())
         .output();
-    if !node.is_ok_and(|o| o.status.success()) {
-        return Some("node not found (apt-get install nodejs npm)".into());
+    let version = match node {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        _ => return Some("node not found (apt-get install nodejs npm)".into()),
+    };
+    let major = version
+        .trim_start_matches('v')
+        .split('.')
+        .next()
+        .and_then(|m| m.parse::<u32>().ok());
+    if !major.is_some_and(|m| m >= NODE_MAJOR) {
+        return Some(format!(
+            "node {version} is too old (playwright-core needs {NODE_MAJOR}+)"
+        ));
     }
     let playwright = browser_dir().join("node_modules/playwright-core/package.json");
     if !playwright.is_file() {
