@@ -72,7 +72,7 @@ fn missing_prerequisite() -> Option<String> {
         .split('.')
         .next()
         .and_then(|m| m.parse::<u32>().ok());
-    if !major.is_some_and(|m| m >= NODE_MAJOR) {
+    if major.is_none_or(|m| m < NODE_MAJOR) {
         return Some(format!(
             "node {version} is too old (playwright-core needs {NODE_MAJOR}+)"
         ));
