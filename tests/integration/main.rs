@@ -18,6 +18,7 @@
 #[macro_use]
 mod support;
 
+mod browser;
 mod cli;
 mod clients;
 mod console;

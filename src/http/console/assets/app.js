@@ -395,7 +395,7 @@
     if (!k.rows.length) {
       emptyRow(tbody, 8, k.team ? "No keys in this team." : "No keys yet. Create one with “New key”.");
     } else {
-      tbody.replaceChildren(...k.rows.map((key) => h("tr", {},
+      tbody.replaceChildren(...k.rows.map((key) => h("tr", { "data-testid": "key-row", "data-key-id": key.key_id },
         h("td", {},
           key.key_alias ? h("span", { class: "title", text: key.key_alias }) : null,
           h("span", { class: key.key_alias ? "sub mono" : "mono", text: key.key_name }),
@@ -408,7 +408,7 @@
         h("td", {}, key.expires
           ? h("span", { title: fmtDateTime(key.expires), text: fmtRelative(key.expires) })
           : h("span", { class: "muted", text: "never" })),
-        h("td", {}, keyStatus(key)),
+        h("td", { "data-testid": "key-status" }, keyStatus(key)),
         h("td", { class: "actions-cell" },
           actionButton("Edit", () => editKey(key)),
           actionButton(key.blocked ? "Unblock" : "Block", () => toggleKey(key)),
@@ -539,7 +539,7 @@
     if (!t.rows.length) {
       emptyRow(tbody, 6, t.page > 1 ? "No more teams." : "No teams yet. Create one with “New team”.");
     } else {
-      tbody.replaceChildren(...t.rows.map((team) => h("tr", {},
+      tbody.replaceChildren(...t.rows.map((team) => h("tr", { "data-testid": "team-row", "data-team-id": team.team_id },
         h("td", {},
           team.team_alias ? h("span", { class: "title", text: team.team_alias }) : null,
           h("span", { class: team.team_alias ? "sub mono" : "mono", text: team.team_id })),
@@ -686,7 +686,7 @@
     } else {
       tbody.replaceChildren(...m.rows.map((mapping) => {
         const key = state.keyIndex.get(mapping.key_id);
-        return h("tr", {},
+        return h("tr", { "data-testid": "mapping-row", "data-mapping-id": mapping.id },
           h("td", {},
             h("span", { class: "mono", text: `${mapping.jwt_claim_name} = ` }),
             h("span", { class: "mono title", text: mapping.jwt_claim_value })),
@@ -1310,22 +1310,22 @@
     if (event.lagged) {
       return h("tr", { class: "note" }, h("td", { colspan: 8, text: `${fmtInt(event.lagged)} requests were skipped: the feed fell behind.` }));
     }
-    return h("tr", { class: fresh ? "fresh" : undefined },
-      h("td", { class: "mono", title: fmtDateTime(event.time), text: fmtTime(event.time) }),
+    return h("tr", { class: fresh ? "fresh" : undefined, "data-testid": "live-row", "data-request-id": event.request_id },
+      h("td", { class: "mono", "data-testid": "live-time", title: fmtDateTime(event.time), text: fmtTime(event.time) }),
       liveKeyCell(event),
-      h("td", { class: "mono", text: event.model || "—" }),
-      h("td", { class: "mono", text: event.route }),
-      h("td", { class: "mono live-server", text: event.server || "—" }),
-      h("td", {}, statusBadge(event)),
-      h("td", { class: "num", title: `${fmtInt(event.prompt_tokens)} prompt + ${fmtInt(event.completion_tokens)} completion`, text: fmtInt(event.tokens) }),
-      h("td", { class: "num", text: fmtLatency(event.latency_ms) }));
+      h("td", { class: "mono", "data-testid": "live-model", text: event.model || "—" }),
+      h("td", { class: "mono", "data-testid": "live-route", text: event.route }),
+      h("td", { class: "mono live-server", "data-testid": "live-server", text: event.server || "—" }),
+      h("td", { "data-testid": "live-status" }, statusBadge(event)),
+      h("td", { class: "num", "data-testid": "live-tokens", title: `${fmtInt(event.prompt_tokens)} prompt + ${fmtInt(event.completion_tokens)} completion`, text: fmtInt(event.tokens) }),
+      h("td", { class: "num", "data-testid": "live-latency", text: fmtLatency(event.latency_ms) }));
   }
 
   function liveKeyCell(event) {
     const key = event.key_id ? state.keyIndex.get(event.key_id) : null;
     const details = [key && key.key_alias ? event.key_name : null, event.team_id ? teamLabel(event.team_id) : null]
       .filter(Boolean).join(" · ");
-    return h("td", {},
+    return h("td", { "data-testid": "live-key" },
       h("span", { class: key && key.key_alias ? "title" : "mono", text: key && key.key_alias ? key.key_alias : event.key_name }),
       details ? h("span", { class: "sub", text: details }) : null);
   }

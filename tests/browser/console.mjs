@@ -1,0 +1,34 @@
+// The console in headless Chromium (SPEC §10), run by tests/integration/browser.rs
+// against a real gateway; exits non-zero when any check fails.
+//
+//   TOLLGATE_BASE_URL=… TOLLGATE_MASTER_KEY=… … node tests/browser/console.mjs
+//
+// Each flow is a list of named checks in flows/; a new screen adds a file there and one
+// line below. Each check runs on a page of its own, in this order.
+
+import { launch, runChecks, settings } from "./lib.mjs";
+import { checks as session } from "./flows/session.mjs";
+import { checks as keys } from "./flows/keys.mjs";
+import { checks as teams } from "./flows/teams.mjs";
+import { checks as feed } from "./flows/feed.mjs";
+import { checks as style } from "./flows/style.mjs";
+
+const FLOWS = [
+  session,
+  keys,
+  // Key rotation (issue 14): flows/grace.mjs — "regenerate a key with a grace period".
+  teams,
+  feed,
+  // The audit log (issue 14): flows/audit.mjs — "the audit view finds the changes just made".
+  style,
+];
+
+const env = settings();
+const browser = await launch();
+let failed;
+try {
+  failed = await runChecks(FLOWS.flat(), env, browser);
+} finally {
+  await browser.close();
+}
+process.exit(failed ? 1 : 0);
