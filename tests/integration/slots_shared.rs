@@ -236,3 +236,85 @@ async fn the_slots_of_a_crashed_instance_lapse() {
     let left: i64 = redis.client.zcard(&key).await.expect("zcard");
     assert!(left <= 1, "the lapsed leases are gone");
 }
+
+/// `redis.failure_mode: open` with Redis gone: slots are counted by this instance alone —
+/// still at most `parallel` at once on the server — and each fallback is counted in
+/// `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_gone_open_mode_counts_slots_locally() {
+    let Some(redis) = crate::support::redis_addr().await else {
+        crate::support::skip("TEST_REDIS_URL not set");
+        return;
+    };
+    let proxy = crate::support::TcpProxy::start(redis).await;
+    let url = proxy.url("redis");
+    let server = sim().await;
+    let config = one_server(server.url());
+    let Some(app) = TestApp::builder()
+        .postgres()
+        .redis()
+        .ollama(server.clone())
+        .config(move |c| {
+            config(c);
+            c.redis.url = Some(tollgate::config::Secret(url));
+            c.redis.failure_mode = tollgate::config::FailureMode::Open;
+        })
+        .try_spawn()
+        .await
+    else {
+        return;
+    };
+    // Served with a lease in Redis first, so the fallback below is the outage's.
+    let first = send(&app).await.expect("join");
+    assert_eq!(first.status(), 200);
+    read_to_end(first).await.expect("body");
+    assert_eq!(slot_fallbacks(&app).await, 0.0);
+
+    proxy.stop().await;
+    let gate = server.hold_streams();
+    let sent: Vec<_> = (0..4).map(|_| send(&app)).collect();
+    server
+        .wait_for_sim("two generating", |s| s.model(MODEL).in_flight >= 2)
+        .await;
+    let fleet = app.app.upstream.fleet().clone();
+    let mut changes = fleet.changes();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while fleet.queued() != 2 {
+            changes.changed().await.expect("fleet alive");
+        }
+    })
+    .await
+    .expect("the other two wait in this instance's queue");
+    assert_eq!(server.sim_stats().expect("sim").model(MODEL).in_flight, 2);
+    gate.release();
+    for response in join_all(sent).await {
+        let response = response.expect("join");
+        assert_eq!(response.status(), 200);
+        read_to_end(response).await.expect("the stream completes");
+    }
+    let stats = server.sim_stats().expect("sim");
+    assert_eq!(stats.model(MODEL).served, 5);
+    assert_eq!(
+        stats.model(MODEL).max_in_flight,
+        2,
+        "local counting kept `parallel`"
+    );
+    assert!(
+        slot_fallbacks(&app).await >= 4.0,
+        "every claim without Redis was counted"
+    );
+}
+
+/// `tollgate_upstream_slot_fallbacks_total` in `/metrics` (0 when not yet reported).
+async fn slot_fallbacks(app: &TestApp) -> f64 {
+    let text = app
+        .get("/metrics", None)
+        .await
+        .text()
+        .await
+        .expect("metrics");
+    text.lines()
+        .filter(|l| l.starts_with(tollgate::telemetry::SLOT_FALLBACKS))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .sum()
+}
