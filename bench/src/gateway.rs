@@ -348,16 +348,81 @@ http {{
     )
 }
 
+/// A non-streaming `/api/chat` answer as Ollama sends it, for the stub upstream.
+pub const STUB_CHAT_BODY: &str = r#"{"model":"llama3.1:8b","created_at":"2026-12-01T00:00:00Z","message":{"role":"assistant","content":"Hello! How can I help you today?"},"done_reason":"stop","done":true,"total_duration":1000000,"load_duration":10000,"prompt_eval_count":12,"prompt_eval_duration":100000,"eval_count":9,"eval_duration":800000}"#;
+
+/// An nginx that answers every request itself with [`STUB_CHAT_BODY`] (`return 200`):
+/// an upstream as fast as nginx's static answers, so the hop is measured where the
+/// upstream is not the bottleneck. No access log: it stands in for the upstream, not a
+/// gateway.
+pub fn stub_conf(dir: &Path, listen_port: u16) -> String {
+    let d = dir.display();
+    let body = STUB_CHAT_BODY.replace('\'', "\\'");
+    format!(
+        r#"worker_processes 1;
+error_log {d}/error.log warn;
+pid {d}/nginx.pid;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    keepalive_requests 1000000;
+    server {{
+        listen 127.0.0.1:{listen_port};
+        location / {{
+            default_type application/json;
+            return 200 '{body}';
+        }}
+    }}
+}}
+"#
+    )
+}
+
 impl Nginx {
+    /// A plain `proxy_pass` in front of `upstream_port`, on the gateway CPUs.
     pub fn start(nginx: &Path, placement: &Placement, upstream_port: u16) -> anyhow::Result<Self> {
+        Self::start_with(nginx, placement, |dir, port| {
+            nginx_conf(dir, port, upstream_port)
+        })
+    }
+
+    /// The stub upstream ([`stub_conf`]), on the generator's CPUs beside the mock.
+    pub fn start_stub(nginx: &Path, placement: &Placement) -> anyhow::Result<Self> {
+        let beside_mock = Placement {
+            gateway: placement.generator.clone(),
+            generator: placement.generator.clone(),
+            pinned: placement.pinned,
+        };
+        Self::start_with(nginx, &beside_mock, stub_conf)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn start_with(
+        nginx: &Path,
+        placement: &Placement,
+        conf: impl FnOnce(&Path, u16) -> String,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("tollgate-bench-nginx-")
             .tempdir()?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
-        let conf = dir.path().join("nginx.conf");
-        std::fs::write(&conf, nginx_conf(dir.path(), port, upstream_port))?;
+        let conf_path = dir.path().join("nginx.conf");
+        std::fs::write(&conf_path, conf(dir.path(), port))?;
+        let conf = conf_path;
         let version = Command::new(nginx)
             .arg("-v")
             .output()
@@ -411,6 +476,16 @@ impl Nginx {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stub_answers_a_chat_body_with_token_counts() {
+        let conf = stub_conf(Path::new("/tmp/x"), 8081);
+        assert!(conf.contains("listen 127.0.0.1:8081;"));
+        assert!(conf.contains("return 200 '{\"model\""));
+        let body: serde_json::Value = serde_json::from_str(STUB_CHAT_BODY).expect("JSON");
+        assert_eq!(body["done"], true);
+        assert_eq!(body["eval_count"], 9);
+    }
 
     #[test]
     fn nginx_conf_is_a_keep_alive_proxy_pass() {

@@ -21,6 +21,10 @@
 //!   keep-alive upstream) when nginx is installed: the "plain proxy" reference;
 //! - g. soak: `--soak-requests` (a million) non-streaming requests through tollgate in a
 //!   child process, with its RSS before, right after and after `--soak-idle-s` idle.
+//! - h. fast upstream: a's closed loop against an upstream as fast as nginx's static
+//!   answers (a second nginx, `return 200` with an `/api/chat` body, beside the mock),
+//!   straight, through tollgate and through nginx `proxy_pass`, when nginx is installed:
+//!   the hop where the upstream is not the bottleneck;
 //! - fleet (`--fleet`, `--only fleet`): tollgate's `model_aware` routing against
 //!   `round_robin` and a fixed model → server split over 3 simulated Ollama servers, then
 //!   a light tenant beside a flooding one (see [`fleet`]).
@@ -129,7 +133,7 @@ struct Opts {
     /// Only the fleet benchmark (same as `--only fleet`).
     #[arg(long)]
     fleet: bool,
-    /// Only these scenarios (letters a–g and `fleet`, comma-separated). c, d and f are
+    /// Only these scenarios (letters a–h and `fleet`, comma-separated). c, d and f are
     /// extra targets of a's phases, so selecting any of them runs a too.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -349,6 +353,9 @@ fn run(mut opts: Opts) -> anyhow::Result<()> {
                 format!("{e:#}"),
             )
         }));
+    }
+    if bench.wants("h") {
+        scenarios.append(&mut scenario_fast_upstream(&bench));
     }
     if bench.wants("g") {
         scenarios.push(scenario_soak(&bench).unwrap_or_else(|e| {
@@ -781,6 +788,78 @@ fn title_jwt(o: &Opts) -> String {
 
 fn title_redis() -> String {
     "d. scenario a with redis.url set".into()
+}
+
+fn title_fast(o: &Opts, via: &str) -> String {
+    format!(
+        "h. closed loop ({} conc.) against a static nginx stub upstream, via {via}",
+        o.concurrency
+    )
+}
+
+/// Scenario h: the stub upstream ([`gateway::stub_conf`]) straight, through a tollgate of
+/// its own and through nginx `proxy_pass`, taking turns in one closed loop.
+fn scenario_fast_upstream(bench: &Bench) -> Vec<Scenario> {
+    let o = &bench.opts;
+    let failed = |why: String| {
+        vec![Scenario::failed(
+            "h-fast",
+            title_fast(o, "tollgate"),
+            "tollgate",
+            why,
+        )]
+    };
+    let Some(nginx_bin) = gateway::find_nginx() else {
+        return vec![Scenario::skipped(
+            "h-fast",
+            title_fast(o, "tollgate"),
+            "tollgate",
+            "nginx not installed",
+        )];
+    };
+    let result = (|| -> anyhow::Result<Vec<Scenario>> {
+        let stub = Nginx::start_stub(&nginx_bin, &bench.placement)?;
+        let tg = InProcessTollgate::start(&bench.placement, &stub.url, |_| {})?;
+        let key = bench.key(&tg.url)?;
+        let proxy = Nginx::start(&nginx_bin, &bench.placement, stub.port())?;
+        let calls = [
+            Call::chat(&stub.url, Some(&key), false)?,
+            Call::chat(&tg.url, Some(&key), false)?,
+            Call::chat(&proxy.url, Some(&key), false)?,
+        ];
+        eprintln!(
+            "h. fast upstream (static nginx stub at {}), closed loop with {} workers: direct, \
+             tollgate, nginx",
+            stub.url, o.concurrency
+        );
+        let mut res = bench.closed(&calls, o.concurrency).into_iter();
+        let direct = res.next().unwrap_or_default();
+        let via_tollgate = res.next().unwrap_or_default();
+        let via_nginx = res.next().unwrap_or_default();
+        progress("h-fast", "direct", &direct);
+        progress("h-fast", "tollgate", &via_tollgate);
+        progress("h-fast-nginx", "nginx", &via_nginx);
+        tg.stop();
+        proxy.stop();
+        stub.stop();
+        Ok(vec![
+            Scenario::measured(
+                "h-fast",
+                title_fast(o, "tollgate"),
+                "tollgate",
+                direct.clone(),
+                via_tollgate,
+            ),
+            Scenario::measured(
+                "h-fast-nginx",
+                title_fast(o, "nginx"),
+                "nginx",
+                direct,
+                via_nginx,
+            ),
+        ])
+    })();
+    result.unwrap_or_else(|e| failed(format!("{e:#}")))
 }
 
 fn title_nginx(o: &Opts) -> String {

@@ -253,6 +253,23 @@ pub fn spec_targets(
         (Some(_), _) => not_measured(t, "nginx scenario did not run"),
         _ => not_measured(t, "scenario a-closed did not run"),
     });
+    let t = "peak throughput ≥ plain nginx with an upstream as fast as nginx (static stub)";
+    let tg = find("h-fast").and_then(|s| s.via.as_ref());
+    let ng = find("h-fast-nginx").and_then(|s| s.via.as_ref());
+    if let (Some(tg), Some(ng)) = (tg, ng)
+        && ng.rps > 0.0
+    {
+        out.push(Target {
+            target: t.into(),
+            measured: format!(
+                "tollgate {} req/s vs nginx {} req/s = {:.2}×",
+                fmt_rate(tg.rps),
+                fmt_rate(ng.rps),
+                tg.rps / ng.rps
+            ),
+            met: Some(tg.rps >= ng.rps),
+        });
+    }
     let t = "streaming adds ≤ 1 ms to time-to-first-byte (judged at p99)";
     out.push(match find("b-stream").and_then(|s| s.comparison.as_ref()) {
         Some(c) => {
