@@ -47,6 +47,12 @@ pub fn base_config(dir: &Path, upstream: &str) -> Config {
         dir.join("tollgate.db").display()
     ));
     config.upstream.url = upstream.to_string();
+    // The mock answers any number of requests at once, as a server started with a large
+    // OLLAMA_NUM_PARALLEL would. Left at the default (4 per model), tollgate would queue
+    // the bench's connections in front of it (SPEC §12) and the scenarios would measure
+    // that queue instead of the hop.
+    config.upstream.parallel = 1_000_000;
+    config.upstream.max_loaded_models = 1_000;
     config
 }
 
