@@ -12,8 +12,10 @@
 
 mod budget;
 pub mod feed;
+pub mod retention;
 
 pub use budget::BudgetResets;
+pub use retention::Retention;
 pub use feed::{EventFeed, RequestEvent};
 
 use std::sync::Arc;

@@ -729,7 +729,7 @@ async fn a_stale_sentinel_never_blocks_auto_registration() {
             updated_at: at,
             created_by: None,
             updated_by: None,
-        })
+        }, &crate::support::audit())
         .await
         .expect("insert a mapping behind the cache");
     let jwt = token_for(&idp, "u-s", "s@corp.example");
