@@ -113,7 +113,10 @@ impl MigrationTrait for Migration {
                 "idx_audit_logs_object",
                 vec![AuditLogs::ObjectType, AuditLogs::ObjectId, AuditLogs::At],
             ),
-            ("idx_audit_logs_team", vec![AuditLogs::TeamId, AuditLogs::At]),
+            (
+                "idx_audit_logs_team",
+                vec![AuditLogs::TeamId, AuditLogs::At],
+            ),
         ] {
             let mut index = Index::create();
             index.name(name).table(AuditLogs::Table);

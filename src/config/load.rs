@@ -455,7 +455,10 @@ mod tests {
         assert_eq!(c.usage.retention_days, Some(30));
         assert_eq!(c.audit.retention_days, Some(365));
         let c = load_from(None, &env(&[])).expect("defaults");
-        assert_eq!((c.usage.retention_days, c.audit.retention_days), (None, None));
+        assert_eq!(
+            (c.usage.retention_days, c.audit.retention_days),
+            (None, None)
+        );
         let e = err("usage:\n  retention_days: 0\n");
         assert!(e.contains("usage.retention_days"), "{e}");
         let e = err("audit:\n  retention: 3\n");

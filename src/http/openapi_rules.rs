@@ -178,13 +178,8 @@ const REQUEST_SCHEMAS: &[&str] = &[
 ];
 
 /// Paths of the management routes.
-const MANAGEMENT_PREFIXES: &[&str] = &[
-    "/key/",
-    "/team/",
-    "/jwt/key/mapping/",
-    "/spend/",
-    "/audit/",
-];
+const MANAGEMENT_PREFIXES: &[&str] =
+    &["/key/", "/team/", "/jwt/key/mapping/", "/spend/", "/audit/"];
 
 /// Adds "no NUL" to every string schema inside `schema`, except `metadata`, which is
 /// kept as JSON and may hold anything.

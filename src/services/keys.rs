@@ -460,7 +460,9 @@ impl KeyManager<'_> {
             .await?;
         for key in &deleted {
             for hash in key.hashes() {
-                self.invalidator.publish(Change::Key(hash.to_string())).await;
+                self.invalidator
+                    .publish(Change::Key(hash.to_string()))
+                    .await;
             }
         }
         Ok(deleted.into_iter().map(|k| k.key_id).collect())

@@ -262,7 +262,8 @@ impl TeamManager<'_> {
             if let Some(key_ids) = self
                 .store
                 .delete_team(&id, &self.audit(AuditAction::TeamDelete))
-                .await? {
+                .await?
+            {
                 if !key_ids.is_empty() {
                     // Only key ids are known here; the cache is keyed by hash.
                     self.invalidator.publish(Change::AllKeys).await;

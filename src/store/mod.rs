@@ -99,8 +99,7 @@ pub trait Store: Send + Sync + 'static {
         audit: &Audit,
     ) -> StoreResult<Option<(VirtualKey, VirtualKey)>>;
     /// Deletes keys (and, by cascade, their mappings); returns the ones that existed.
-    async fn delete_keys(&self, key_ids: &[String], audit: &Audit)
-    -> StoreResult<Vec<VirtualKey>>;
+    async fn delete_keys(&self, key_ids: &[String], audit: &Audit) -> StoreResult<Vec<VirtualKey>>;
     /// Auto-registration: the key and its mapping in one transaction, with both audit
     /// rows (`key.generate`, `mapping.new`). [`StoreError::Conflict`] when the mapping's
     /// identity already exists — then nothing was written.
@@ -131,8 +130,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Option<Team>>;
     /// Deletes the team and (by cascade) its keys; returns the deleted key ids, or `None`
     /// when the team did not exist.
-    async fn delete_team(&self, team_id: &str, audit: &Audit)
-    -> StoreResult<Option<Vec<String>>>;
+    async fn delete_team(&self, team_id: &str, audit: &Audit) -> StoreResult<Option<Vec<String>>>;
     async fn team_key_count(&self, team_id: &str) -> StoreResult<u64>;
     async fn list_teams(&self, page: Page) -> StoreResult<(Vec<Team>, u64)>;
 
@@ -145,8 +143,11 @@ pub trait Store: Send + Sync + 'static {
         claim: &str,
         value: &str,
     ) -> StoreResult<Vec<Mapping>>;
-    async fn update_mapping(&self, mapping: &Mapping, audit: &Audit)
-    -> StoreResult<Option<Mapping>>;
+    async fn update_mapping(
+        &self,
+        mapping: &Mapping,
+        audit: &Audit,
+    ) -> StoreResult<Option<Mapping>>;
     async fn delete_mapping(&self, id: &str, audit: &Audit) -> StoreResult<Option<Mapping>>;
     async fn list_mappings(&self, page: Page) -> StoreResult<(Vec<Mapping>, u64)>;
 

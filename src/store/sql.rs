@@ -8,8 +8,8 @@ use chrono::Utc;
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, ConnectOptions, ConnectionTrait, Database,
-    DatabaseConnection, DatabaseTransaction, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, Set, TransactionTrait,
+    DatabaseConnection, DatabaseTransaction, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set, TransactionTrait,
 };
 
 use entity::{audit_log, jwt_key_mapping, team, usage_log, virtual_key};
@@ -379,11 +379,7 @@ impl Store for SqlStore {
         Ok(Some((before, after)))
     }
 
-    async fn delete_keys(
-        &self,
-        key_ids: &[String],
-        audit: &Audit,
-    ) -> StoreResult<Vec<VirtualKey>> {
+    async fn delete_keys(&self, key_ids: &[String], audit: &Audit) -> StoreResult<Vec<VirtualKey>> {
         // Read outside the transaction: on SQLite a deferred transaction that reads and
         // then writes cannot wait for the write lock (it fails at once under concurrent
         // writers), while one that starts by writing waits its turn.
@@ -423,7 +419,8 @@ impl Store for SqlStore {
         audit: &Audit,
     ) -> StoreResult<VirtualKey> {
         let txn = self.db.begin().await?;
-        let created = insert_key_on(&txn, key, &audit.with(super::AuditAction::KeyGenerate)).await?;
+        let created =
+            insert_key_on(&txn, key, &audit.with(super::AuditAction::KeyGenerate)).await?;
         // A duplicate identity fails here and the whole transaction, key included, rolls
         // back: the race's losers leave nothing behind.
         insert_mapping_on(&txn, mapping, &audit.with(super::AuditAction::MappingNew)).await?;
@@ -515,11 +512,7 @@ impl Store for SqlStore {
         Ok(Some(updated))
     }
 
-    async fn delete_team(
-        &self,
-        team_id: &str,
-        audit: &Audit,
-    ) -> StoreResult<Option<Vec<String>>> {
+    async fn delete_team(&self, team_id: &str, audit: &Audit) -> StoreResult<Option<Vec<String>>> {
         // Reads first, outside the transaction (see `delete_keys`).
         let Some(before) = team::Entity::find_by_id(team_id.to_string())
             .one(&self.db)

@@ -15,8 +15,8 @@ pub mod feed;
 pub mod retention;
 
 pub use budget::BudgetResets;
-pub use retention::Retention;
 pub use feed::{EventFeed, RequestEvent};
+pub use retention::Retention;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -41,7 +41,10 @@ pub enum RetentionRun {
     Disabled,
     /// Another instance holds the lock; this run did nothing.
     Skipped,
-    Ran { usage: Pass, audit: Pass },
+    Ran {
+        usage: Pass,
+        audit: Pass,
+    },
 }
 
 /// The retention job; long-lived, built from the store and the two periods.

@@ -6,8 +6,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use testkit::ollama::Failure;
 use tollgate::store::{
-    Audit,
-    KeyFields, KeyFilter, Mapping, Page, Store, StoreResult, Team, TeamFields, UsageFilter,
+    Audit, KeyFields, KeyFilter, Mapping, Page, Store, StoreResult, Team, TeamFields, UsageFilter,
     UsageRow, VirtualKey,
 };
 
@@ -208,8 +207,18 @@ impl Store for PanickingPing {
     async fn ping(&self) -> StoreResult<()> {
         panic!("injected panic at src/store/fake.rs:1 in tollgate::store::ping (redis, sqlx)");
     }
-    async fn insert_key(&self, key_id: &str, key_hash: &str, key_name: &str, fields: &KeyFields, created_by: Option<String>, audit: &Audit) -> StoreResult<VirtualKey> {
-        self.0.insert_key(key_id, key_hash, key_name, fields, created_by, audit).await
+    async fn insert_key(
+        &self,
+        key_id: &str,
+        key_hash: &str,
+        key_name: &str,
+        fields: &KeyFields,
+        created_by: Option<String>,
+        audit: &Audit,
+    ) -> StoreResult<VirtualKey> {
+        self.0
+            .insert_key(key_id, key_hash, key_name, fields, created_by, audit)
+            .await
     }
     async fn key_by_hash(&self, key_hash: &str) -> StoreResult<Option<VirtualKey>> {
         self.0.key_by_hash(key_hash).await
@@ -217,28 +226,61 @@ impl Store for PanickingPing {
     async fn key_by_id(&self, key_id: &str) -> StoreResult<Option<VirtualKey>> {
         self.0.key_by_id(key_id).await
     }
-    async fn update_key(&self, key_id: &str, fields: &KeyFields, audit: &Audit) -> StoreResult<Option<VirtualKey>> {
+    async fn update_key(
+        &self,
+        key_id: &str,
+        fields: &KeyFields,
+        audit: &Audit,
+    ) -> StoreResult<Option<VirtualKey>> {
         self.0.update_key(key_id, fields, audit).await
     }
-    async fn rehash_key(&self, key_id: &str, key_hash: &str, key_name: &str, grace_until: Option<chrono::DateTime<chrono::Utc>>, audit: &Audit) -> StoreResult<Option<(VirtualKey, VirtualKey)>> {
-        self.0.rehash_key(key_id, key_hash, key_name, grace_until, audit).await
+    async fn rehash_key(
+        &self,
+        key_id: &str,
+        key_hash: &str,
+        key_name: &str,
+        grace_until: Option<chrono::DateTime<chrono::Utc>>,
+        audit: &Audit,
+    ) -> StoreResult<Option<(VirtualKey, VirtualKey)>> {
+        self.0
+            .rehash_key(key_id, key_hash, key_name, grace_until, audit)
+            .await
     }
     async fn delete_keys(&self, key_ids: &[String], audit: &Audit) -> StoreResult<Vec<VirtualKey>> {
         self.0.delete_keys(key_ids, audit).await
     }
-    async fn register_key(&self, key: &tollgate::store::NewKey, mapping: &Mapping, audit: &Audit) -> StoreResult<VirtualKey> {
+    async fn register_key(
+        &self,
+        key: &tollgate::store::NewKey,
+        mapping: &Mapping,
+        audit: &Audit,
+    ) -> StoreResult<VirtualKey> {
         self.0.register_key(key, mapping, audit).await
     }
-    async fn list_keys(&self, filter: &KeyFilter, page: Page) -> StoreResult<(Vec<VirtualKey>, u64)> {
+    async fn list_keys(
+        &self,
+        filter: &KeyFilter,
+        page: Page,
+    ) -> StoreResult<(Vec<VirtualKey>, u64)> {
         self.0.list_keys(filter, page).await
     }
-    async fn insert_team(&self, team_id: &str, fields: &TeamFields, audit: &Audit) -> StoreResult<Team> {
+    async fn insert_team(
+        &self,
+        team_id: &str,
+        fields: &TeamFields,
+        audit: &Audit,
+    ) -> StoreResult<Team> {
         self.0.insert_team(team_id, fields, audit).await
     }
     async fn team(&self, team_id: &str) -> StoreResult<Option<Team>> {
         self.0.team(team_id).await
     }
-    async fn update_team(&self, team_id: &str, fields: &TeamFields, audit: &Audit) -> StoreResult<Option<Team>> {
+    async fn update_team(
+        &self,
+        team_id: &str,
+        fields: &TeamFields,
+        audit: &Audit,
+    ) -> StoreResult<Option<Team>> {
         self.0.update_team(team_id, fields, audit).await
     }
     async fn delete_team(&self, team_id: &str, audit: &Audit) -> StoreResult<Option<Vec<String>>> {
@@ -256,10 +298,19 @@ impl Store for PanickingPing {
     async fn mapping(&self, id: &str) -> StoreResult<Option<Mapping>> {
         self.0.mapping(id).await
     }
-    async fn find_mappings(&self, issuer: &str, claim: &str, value: &str) -> StoreResult<Vec<Mapping>> {
+    async fn find_mappings(
+        &self,
+        issuer: &str,
+        claim: &str,
+        value: &str,
+    ) -> StoreResult<Vec<Mapping>> {
         self.0.find_mappings(issuer, claim, value).await
     }
-    async fn update_mapping(&self, mapping: &Mapping, audit: &Audit) -> StoreResult<Option<Mapping>> {
+    async fn update_mapping(
+        &self,
+        mapping: &Mapping,
+        audit: &Audit,
+    ) -> StoreResult<Option<Mapping>> {
         self.0.update_mapping(mapping, audit).await
     }
     async fn delete_mapping(&self, id: &str, audit: &Audit) -> StoreResult<Option<Mapping>> {
@@ -268,7 +319,10 @@ impl Store for PanickingPing {
     async fn list_mappings(&self, page: Page) -> StoreResult<(Vec<Mapping>, u64)> {
         self.0.list_mappings(page).await
     }
-    async fn reset_budgets(&self, now: chrono::DateTime<chrono::Utc>) -> StoreResult<Vec<tollgate::store::BudgetReset>> {
+    async fn reset_budgets(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<Vec<tollgate::store::BudgetReset>> {
         self.0.reset_budgets(now).await
     }
     async fn record_usage(&self, rows: &[UsageRow]) -> StoreResult<()> {
@@ -280,10 +334,18 @@ impl Store for PanickingPing {
     async fn record_audit(&self, entry: &tollgate::store::AuditEntry) -> StoreResult<()> {
         self.0.record_audit(entry).await
     }
-    async fn audit_logs(&self, filter: &tollgate::store::AuditFilter) -> StoreResult<Vec<tollgate::store::AuditEntry>> {
+    async fn audit_logs(
+        &self,
+        filter: &tollgate::store::AuditFilter,
+    ) -> StoreResult<Vec<tollgate::store::AuditEntry>> {
         self.0.audit_logs(filter).await
     }
-    async fn purge(&self, table: tollgate::store::RetainedTable, before: chrono::DateTime<chrono::Utc>, max_rows: u64) -> StoreResult<u64> {
+    async fn purge(
+        &self,
+        table: tollgate::store::RetainedTable,
+        before: chrono::DateTime<chrono::Utc>,
+        max_rows: u64,
+    ) -> StoreResult<u64> {
         self.0.purge(table, before, max_rows).await
     }
     async fn try_job_lock(&self, job: &str) -> StoreResult<Option<tollgate::store::JobLock>> {

@@ -12,8 +12,7 @@ use serde_json::{Value, json};
 use testkit::idp::MockIdp;
 use tollgate::config::{Config, ProviderConfig, UnregisteredPolicy};
 use tollgate::store::{
-    Audit,
-    KeyFields, KeyFilter, Mapping, Page, Store, StoreResult, Team, TeamFields, UsageFilter,
+    Audit, KeyFields, KeyFilter, Mapping, Page, Store, StoreResult, Team, TeamFields, UsageFilter,
     UsageRow, VirtualKey,
 };
 
@@ -191,9 +190,19 @@ impl Store for CountingStore {
     async fn ping(&self) -> StoreResult<()> {
         self.inner.ping().await
     }
-    async fn insert_key(&self, key_id: &str, key_hash: &str, key_name: &str, fields: &KeyFields, created_by: Option<String>, audit: &Audit) -> StoreResult<VirtualKey> {
+    async fn insert_key(
+        &self,
+        key_id: &str,
+        key_hash: &str,
+        key_name: &str,
+        fields: &KeyFields,
+        created_by: Option<String>,
+        audit: &Audit,
+    ) -> StoreResult<VirtualKey> {
         self.lookups.inserted_keys.fetch_add(1, Ordering::SeqCst);
-        self.inner.insert_key(key_id, key_hash, key_name, fields, created_by, audit).await
+        self.inner
+            .insert_key(key_id, key_hash, key_name, fields, created_by, audit)
+            .await
     }
     async fn key_by_hash(&self, key_hash: &str) -> StoreResult<Option<VirtualKey>> {
         self.inner.key_by_hash(key_hash).await
@@ -201,29 +210,62 @@ impl Store for CountingStore {
     async fn key_by_id(&self, key_id: &str) -> StoreResult<Option<VirtualKey>> {
         self.inner.key_by_id(key_id).await
     }
-    async fn update_key(&self, key_id: &str, fields: &KeyFields, audit: &Audit) -> StoreResult<Option<VirtualKey>> {
+    async fn update_key(
+        &self,
+        key_id: &str,
+        fields: &KeyFields,
+        audit: &Audit,
+    ) -> StoreResult<Option<VirtualKey>> {
         self.inner.update_key(key_id, fields, audit).await
     }
-    async fn rehash_key(&self, key_id: &str, key_hash: &str, key_name: &str, grace_until: Option<chrono::DateTime<chrono::Utc>>, audit: &Audit) -> StoreResult<Option<(VirtualKey, VirtualKey)>> {
-        self.inner.rehash_key(key_id, key_hash, key_name, grace_until, audit).await
+    async fn rehash_key(
+        &self,
+        key_id: &str,
+        key_hash: &str,
+        key_name: &str,
+        grace_until: Option<chrono::DateTime<chrono::Utc>>,
+        audit: &Audit,
+    ) -> StoreResult<Option<(VirtualKey, VirtualKey)>> {
+        self.inner
+            .rehash_key(key_id, key_hash, key_name, grace_until, audit)
+            .await
     }
     async fn delete_keys(&self, key_ids: &[String], audit: &Audit) -> StoreResult<Vec<VirtualKey>> {
         self.inner.delete_keys(key_ids, audit).await
     }
-    async fn register_key(&self, key: &tollgate::store::NewKey, mapping: &Mapping, audit: &Audit) -> StoreResult<VirtualKey> {
+    async fn register_key(
+        &self,
+        key: &tollgate::store::NewKey,
+        mapping: &Mapping,
+        audit: &Audit,
+    ) -> StoreResult<VirtualKey> {
         self.lookups.inserted_keys.fetch_add(1, Ordering::SeqCst);
         self.inner.register_key(key, mapping, audit).await
     }
-    async fn list_keys(&self, filter: &KeyFilter, page: Page) -> StoreResult<(Vec<VirtualKey>, u64)> {
+    async fn list_keys(
+        &self,
+        filter: &KeyFilter,
+        page: Page,
+    ) -> StoreResult<(Vec<VirtualKey>, u64)> {
         self.inner.list_keys(filter, page).await
     }
-    async fn insert_team(&self, team_id: &str, fields: &TeamFields, audit: &Audit) -> StoreResult<Team> {
+    async fn insert_team(
+        &self,
+        team_id: &str,
+        fields: &TeamFields,
+        audit: &Audit,
+    ) -> StoreResult<Team> {
         self.inner.insert_team(team_id, fields, audit).await
     }
     async fn team(&self, team_id: &str) -> StoreResult<Option<Team>> {
         self.inner.team(team_id).await
     }
-    async fn update_team(&self, team_id: &str, fields: &TeamFields, audit: &Audit) -> StoreResult<Option<Team>> {
+    async fn update_team(
+        &self,
+        team_id: &str,
+        fields: &TeamFields,
+        audit: &Audit,
+    ) -> StoreResult<Option<Team>> {
         self.inner.update_team(team_id, fields, audit).await
     }
     async fn delete_team(&self, team_id: &str, audit: &Audit) -> StoreResult<Option<Vec<String>>> {
@@ -241,7 +283,12 @@ impl Store for CountingStore {
     async fn mapping(&self, id: &str) -> StoreResult<Option<Mapping>> {
         self.inner.mapping(id).await
     }
-    async fn find_mappings(&self, issuer: &str, claim: &str, value: &str) -> StoreResult<Vec<Mapping>> {
+    async fn find_mappings(
+        &self,
+        issuer: &str,
+        claim: &str,
+        value: &str,
+    ) -> StoreResult<Vec<Mapping>> {
         let index = self.lookups.find_mappings.fetch_add(1, Ordering::SeqCst);
         let found = self.inner.find_mappings(issuer, claim, value).await;
         if let Some(gate) = &self.lookups.gate {
@@ -256,7 +303,11 @@ impl Store for CountingStore {
         }
         found
     }
-    async fn update_mapping(&self, mapping: &Mapping, audit: &Audit) -> StoreResult<Option<Mapping>> {
+    async fn update_mapping(
+        &self,
+        mapping: &Mapping,
+        audit: &Audit,
+    ) -> StoreResult<Option<Mapping>> {
         self.inner.update_mapping(mapping, audit).await
     }
     async fn delete_mapping(&self, id: &str, audit: &Audit) -> StoreResult<Option<Mapping>> {
@@ -265,7 +316,10 @@ impl Store for CountingStore {
     async fn list_mappings(&self, page: Page) -> StoreResult<(Vec<Mapping>, u64)> {
         self.inner.list_mappings(page).await
     }
-    async fn reset_budgets(&self, now: chrono::DateTime<chrono::Utc>) -> StoreResult<Vec<tollgate::store::BudgetReset>> {
+    async fn reset_budgets(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<Vec<tollgate::store::BudgetReset>> {
         self.inner.reset_budgets(now).await
     }
     async fn record_usage(&self, rows: &[UsageRow]) -> StoreResult<()> {
@@ -277,10 +331,18 @@ impl Store for CountingStore {
     async fn record_audit(&self, entry: &tollgate::store::AuditEntry) -> StoreResult<()> {
         self.inner.record_audit(entry).await
     }
-    async fn audit_logs(&self, filter: &tollgate::store::AuditFilter) -> StoreResult<Vec<tollgate::store::AuditEntry>> {
+    async fn audit_logs(
+        &self,
+        filter: &tollgate::store::AuditFilter,
+    ) -> StoreResult<Vec<tollgate::store::AuditEntry>> {
         self.inner.audit_logs(filter).await
     }
-    async fn purge(&self, table: tollgate::store::RetainedTable, before: chrono::DateTime<chrono::Utc>, max_rows: u64) -> StoreResult<u64> {
+    async fn purge(
+        &self,
+        table: tollgate::store::RetainedTable,
+        before: chrono::DateTime<chrono::Utc>,
+        max_rows: u64,
+    ) -> StoreResult<u64> {
         self.inner.purge(table, before, max_rows).await
     }
     async fn try_job_lock(&self, job: &str) -> StoreResult<Option<tollgate::store::JobLock>> {
