@@ -983,6 +983,13 @@ mod tests {
     }
 
     #[test]
+    fn job_lock_ids_are_stable_distinct_and_non_negative() {
+        assert_eq!(lock_id("retention"), lock_id("retention"));
+        assert_ne!(lock_id("retention"), lock_id("other"));
+        assert!(lock_id("retention") >= 0);
+    }
+
+    #[test]
     fn usage_batches_use_four_statement_shapes_only() {
         for n in [0, 1, 3, 4, 63, 64, 65, 500, 999, 1000] {
             let all = rows(n);

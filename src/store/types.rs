@@ -727,3 +727,88 @@ impl From<entity::usage_log::Model> for UsageRow {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key_with_grace(previous: Option<&str>, until: Option<DateTime<Utc>>) -> VirtualKey {
+        let now = Utc::now();
+        VirtualKey {
+            key_id: "k".into(),
+            key_hash: "new".into(),
+            previous_key_hash: previous.map(str::to_string),
+            grace_until: until,
+            key_name: "sk-…0000".into(),
+            key_alias: None,
+            team_id: None,
+            user_id: None,
+            org_id: None,
+            models: vec![],
+            allowed_routes: vec![],
+            unreadable: Unreadable::default(),
+            max_budget: None,
+            budget_duration: None,
+            budget_reset_at: None,
+            spend: 0.0,
+            tpm_limit: None,
+            rpm_limit: None,
+            max_parallel_requests: None,
+            expires: None,
+            blocked: false,
+            metadata: serde_json::json!({}),
+            created_by: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    #[test]
+    fn grace_holds_strictly_before_its_deadline_and_for_the_previous_hash_only() {
+        let until = Utc::now();
+        let key = key_with_grace(Some("old"), Some(until));
+        let before = until - chrono::Duration::milliseconds(1);
+        assert!(key.in_grace("old", before));
+        assert!(!key.in_grace("old", until), "ends at grace_until");
+        assert!(
+            !key.in_grace("new", before),
+            "the current hash is not a grace hash"
+        );
+        assert!(!key.in_grace("other", before));
+        assert!(!key_with_grace(None, Some(until)).in_grace("old", before));
+        assert_eq!(key.hashes().collect::<Vec<_>>(), ["new", "old"]);
+        assert_eq!(
+            key_with_grace(None, None).hashes().collect::<Vec<_>>(),
+            ["new"]
+        );
+    }
+
+    #[test]
+    fn audit_actions_round_trip_and_name_their_object() {
+        for action in AuditAction::ALL {
+            assert_eq!(AuditAction::parse(action.as_str()), Some(action));
+            let json = serde_json::to_value(action).expect("serializes");
+            assert_eq!(json, action.as_str());
+            let prefix = action.as_str().split('.').next().unwrap_or_default();
+            assert_eq!(action.object_type().as_str(), prefix);
+        }
+        assert_eq!(AuditAction::parse("key.explode"), None);
+    }
+
+    #[test]
+    fn an_audit_row_never_carries_a_key_hash() {
+        let key = key_with_grace(Some("previoushash"), Some(Utc::now()));
+        let audit = Audit {
+            actor: "master_key".into(),
+            action: AuditAction::KeyRegenerate,
+            request_id: Some("r".into()),
+        };
+        let entry = AuditEntry::of(&audit, "k", None, Some(&key), Some(&key));
+        let text = serde_json::to_string(&entry).expect("serializes");
+        assert!(
+            !text.contains("previoushash") && !text.contains("\"new\""),
+            "{text}"
+        );
+        assert_eq!(entry.object_type, AuditObject::Key);
+    }
+}

@@ -459,12 +459,33 @@ async fn the_console_has_the_audit_view_and_the_grace_field() {
     let app = TestApp::spawn().await;
     let html = app.get("/ui", None).await.text().await.unwrap();
     let js = app.get("/ui/app.js", None).await.text().await.unwrap();
-    assert!(js.contains("\"/audit/logs\""), "app.js never calls /audit/logs");
+    assert!(
+        js.contains("\"/audit/logs\""),
+        "app.js never calls /audit/logs"
+    );
     assert!(js.contains("grace_period") && js.contains("grace_until"));
-    for id in ["tab-audit", "audit-filter-type", "audit-filter-object", "audit-filter-actor", "audit-apply", "audit-body"] {
-        assert!(html.contains(&format!("data-testid=\"{id}\"")), "index.html lacks {id}");
+    for id in [
+        "tab-audit",
+        "audit-filter-type",
+        "audit-filter-object",
+        "audit-filter-actor",
+        "audit-apply",
+        "audit-body",
+    ] {
+        assert!(
+            html.contains(&format!("data-testid=\"{id}\"")),
+            "index.html lacks {id}"
+        );
     }
-    for id in ["regenerate-grace", "key-grace", "audit-row", "audit-before", "audit-after", "audit-actor", "audit-action"] {
+    for id in [
+        "regenerate-grace",
+        "key-grace",
+        "audit-row",
+        "audit-before",
+        "audit-after",
+        "audit-actor",
+        "audit-action",
+    ] {
         assert!(js.contains(&format!("\"{id}\"")), "app.js lacks {id}");
     }
     app.shutdown().await;

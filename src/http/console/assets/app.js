@@ -714,14 +714,15 @@
     renderAudit();
   }
 
-  /** One side of a change: every field, those that differ from the other side marked. */
+  /** One side of a change: every field, those that differ from the other side marked
+   *  (`changed`); the others (`same`) show once the row is expanded. */
   function auditObject(value, other, testid) {
     if (value === null || value === undefined) {
       return h("div", { class: "audit-obj none", "data-testid": testid, text: "—" });
     }
     const fields = Object.entries(value).map(([name, v]) => {
       const differs = !other || JSON.stringify(v) !== JSON.stringify(other[name]);
-      return h("div", { class: differs && other ? "kv changed" : "kv" },
+      return h("div", { class: !other ? "kv" : differs ? "kv changed" : "kv same" },
         h("span", { class: "k", text: name }),
         h("span", { class: "v mono", text: v === null ? "null" : typeof v === "object" ? JSON.stringify(v) : String(v) }));
     });
@@ -744,7 +745,15 @@
           loadAudit().catch(showError);
         },
       }),
-      row.team_id ? h("span", { class: "sub", text: `team ${teamLabel(row.team_id)}` }) : null);
+      row.team_id ? h("span", { class: "sub", text: `team ${teamLabel(row.team_id)}` }) : null,
+      row.before && row.after ? h("button", {
+        type: "button", class: "link sub", "data-testid": "audit-toggle-fields", text: "Show all fields",
+        onclick: (event) => {
+          const tr = event.target.closest("tr");
+          const expanded = tr.classList.toggle("expanded");
+          event.target.textContent = expanded ? "Changed fields only" : "Show all fields";
+        },
+      }) : null);
   }
 
   function renderAudit() {
