@@ -29,12 +29,15 @@ fn time(v: &Value) -> DateTime<Utc> {
         .unwrap_or_else(|| panic!("not a time: {v}"))
 }
 
-/// A proxied request with `key`: its status.
+/// A proxied request with `key`, read to its end (a request cut short would be recorded
+/// as cancelled, with part of its cost): its status.
 async fn status_with(app: &TestApp, key: &str) -> u16 {
-    app.post_json("/api/chat", Some(key), &chat("llama3.1:8b"))
-        .await
-        .status()
-        .as_u16()
+    let resp = app
+        .post_json("/api/chat", Some(key), &chat("llama3.1:8b"))
+        .await;
+    let status = resp.status().as_u16();
+    read_to_end(resp).await.expect("the whole response");
+    status
 }
 
 /// Polls until `key` gets `status` on `app`, for at most `limit` (no signal exists for

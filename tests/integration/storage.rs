@@ -10,7 +10,13 @@ use tollgate::store::{
 
 use super::support::*;
 
-const TABLES: [&str; 4] = ["jwt_key_mappings", "teams", "usage_logs", "virtual_keys"];
+const TABLES: [&str; 5] = [
+    "audit_logs",
+    "jwt_key_mappings",
+    "teams",
+    "usage_logs",
+    "virtual_keys",
+];
 
 fn mapping(id: &str, key_id: &str, issuer: &str, claim: &str, value: &str) -> Mapping {
     let now = Utc::now();
@@ -59,7 +65,7 @@ fn close(a: f64, b: f64) -> bool {
 }
 
 backend_tests! {
-    /// The migrations create the four tables (and sea-orm's bookkeeping); running them
+    /// The migrations create the five tables (and sea-orm's bookkeeping); running them
     /// again is a no-op.
     async fn migrations_create_the_tables(app) {
         let tables = app.db.tables().await;
@@ -72,6 +78,24 @@ backend_tests! {
         tollgate::store::migrate(&db).await.expect("third migration run");
         assert_eq!(app.db.count("seaql_migrations").await, crate::support::migrations());
         assert_eq!(tollgate::store::is_postgres(&db), app.backend == Backend::Postgres);
+        drop(db.close().await);
+    }
+
+    /// The latest migration (grace columns, the audit table) rolls back and applies
+    /// again cleanly.
+    async fn the_governance_migration_rolls_back(app) {
+        use migration::MigratorTrait;
+        let db = app.db.connect().await;
+        migration::Migrator::down(&db, Some(1)).await.expect("roll back one migration");
+        assert!(!app.db.tables().await.iter().any(|t| t == "audit_logs"));
+        assert_eq!(app.db.count("seaql_migrations").await, crate::support::migrations() - 1);
+        tollgate::store::migrate(&db).await.expect("apply it again");
+        assert!(app.db.tables().await.iter().any(|t| t == "audit_logs"));
+        let (plain, key) = app.create_key(KeyFields::default()).await;
+        assert_eq!(
+            app.app.store.key_by_hash(&tollgate::auth::secrets::hash_secret(&plain)).await.expect("read").map(|k| k.key_id),
+            Some(key.key_id)
+        );
         drop(db.close().await);
     }
 
