@@ -260,8 +260,15 @@ backend_tests! {
 /// viewer, a JWT without a role and a virtual key get 403.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn team_admins_see_their_teams_rows_and_viewers_none() {
+    for backend in Backend::ALL {
+        team_admin_view(backend).await;
+    }
+}
+
+async fn team_admin_view(backend: Backend) {
     let idp = MockIdp::start().await;
-    let app = TestApp::builder()
+    let Some(app) = TestApp::builder()
+        .backend(backend)
         .config(sso(&idp, UnregisteredPolicy::Reject))
         .config(|c| {
             c.jwt.team_id_claim = Some("team".into());
@@ -271,8 +278,11 @@ async fn team_admins_see_their_teams_rows_and_viewers_none() {
                 .insert("gw-team-admin".into(), Role::TeamAdmin);
             c.jwt.role_map.insert("gw-viewer".into(), Role::Viewer);
         })
-        .spawn()
-        .await;
+        .try_spawn()
+        .await
+    else {
+        return;
+    };
     let as_role = |sub: &str, role: Option<&str>, team: &str| {
         let mut c = person(&idp, sub, Some(&format!("{sub}@corp.example")));
         if let Some(r) = role {
@@ -360,11 +370,21 @@ async fn forbidden(resp: reqwest::Response) {
 /// identity writes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_registration_is_audited_as_the_system() {
+    for backend in Backend::ALL {
+        auto_registration_audit(backend).await;
+    }
+}
+
+async fn auto_registration_audit(backend: Backend) {
     let idp = MockIdp::start().await;
-    let app = TestApp::builder()
+    let Some(app) = TestApp::builder()
+        .backend(backend)
         .config(sso(&idp, UnregisteredPolicy::AutoRegister))
-        .spawn()
-        .await;
+        .try_spawn()
+        .await
+    else {
+        return;
+    };
     let jwt = token_for(&idp, "newcomer", "newcomer@corp.example");
     let resp = app
         .request(reqwest::Method::POST, "/api/chat", Some(&jwt))
