@@ -5,8 +5,9 @@
 //! to `cache.stale_if_error_s` more. Unknown hashes are cached too (a minted key has 256
 //! random bits, so a negative entry can never shadow a key created later), which keeps
 //! floods of bad keys off the database. A key's previous secret, during a rotation grace
-//! period, resolves to the same key (see [`KeyResolver::resolve`]). Admin writes call [`KeyResolver::invalidate_key`]
-//! / [`KeyResolver::invalidate_team`] so the next request sees the change.
+//! period, resolves to the same key (see [`KeyResolver::resolve`]). Admin writes call
+//! [`KeyResolver::invalidate_key`] / [`KeyResolver::invalidate_team`] so the next request
+//! sees the change.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
