@@ -167,7 +167,7 @@ export ST_TEAM_ID ST_KEY_ID ST_HOOKS
 
 # The management API: every check Schemathesis has.
 run management .ci/schemathesis.toml \
-    --include-tag-regex '^(keys|teams|mappings|spend)$' --checks all
+    --include-tag-regex '^(keys|teams|mappings|spend|audit)$' --checks all
 
 # The proxied routes. The document gives them Ollama's bodies as "any JSON object", so
 # whether a body is acceptable is Ollama's to say: positive_data_acceptance and

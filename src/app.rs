@@ -21,6 +21,7 @@ use crate::auth::tickets::TicketStore;
 use crate::auth::webhook::AuthWebhook;
 use crate::config::Config;
 use crate::limits::{Limiter, RedisLimiter};
+use crate::services::audit::AuditService;
 use crate::services::keys::KeyService;
 use crate::services::mappings::MappingService;
 use crate::services::proxy::{InFlight, Proxy, ProxyParts, UsageSink};
@@ -33,7 +34,7 @@ use crate::store::{SqlStore, Store};
 use crate::tasks::BackgroundTasks;
 use crate::upstream::Upstream;
 use crate::upstream::slots::SharedSlots;
-use crate::usage::{BudgetResets, EventFeed, SpendRecorder};
+use crate::usage::{BudgetResets, EventFeed, Retention, SpendRecorder};
 
 /// How long shutdown waits for background tasks (settlements, the last usage batch).
 const TASKS_SHUTDOWN_LIMIT: Duration = Duration::from_secs(10);
@@ -72,12 +73,15 @@ pub struct App {
     pub in_flight: InFlight,
     /// The budget-period job.
     pub budgets: Arc<BudgetResets>,
+    /// The job deleting usage and audit rows past their retention (SPEC §13).
+    pub retention: Arc<Retention>,
     /// The console's single-use WebSocket tickets (Redis when configured).
     pub tickets: TicketStore,
     pub key_service: KeyService,
     pub team_service: TeamService,
     pub mapping_service: MappingService,
     pub spend_logs: SpendService,
+    pub audit_logs: AuditService,
     pub upstream_service: UpstreamService,
     /// Owner of every background task.
     tasks: BackgroundTasks,
@@ -219,6 +223,11 @@ impl App {
         });
 
         let budgets = Arc::new(BudgetResets::new(store.clone(), invalidator.clone()));
+        let retention = Arc::new(Retention::new(
+            store.clone(),
+            config.usage.retention_days,
+            config.audit.retention_days,
+        ));
 
         Ok(Arc::new(App {
             key_service: KeyService::new(store.clone(), invalidator.clone()),
@@ -227,7 +236,8 @@ impl App {
             mappings,
             limiter,
             spend_logs: SpendService::new(store.clone()),
-            upstream_service: UpstreamService::new(upstream.clone()),
+            audit_logs: AuditService::new(store.clone()),
+            upstream_service: UpstreamService::new(upstream.clone(), store.clone()),
             tickets: TicketStore::new(redis.clone()),
             metrics: crate::telemetry::metrics_handle(),
             stopping: CancellationToken::new(),
@@ -242,17 +252,19 @@ impl App {
             events,
             in_flight,
             budgets,
+            retention,
             tasks,
             config,
         }))
     }
 
-    /// Starts the jobs a serving instance runs: budget-period resets and, with several
-    /// Ollama servers, their discovery. (An instance that only migrates or is inspected
-    /// runs neither.)
+    /// Starts the jobs a serving instance runs: budget-period resets, retention (when
+    /// configured) and, with several Ollama servers, their discovery. (An instance that
+    /// only migrates or is inspected runs none.)
     pub fn start_jobs(&self) {
         let spawner = self.tasks.spawner();
         self.budgets.start(&spawner);
+        self.retention.start(&spawner);
         if self.upstream.is_fleet() {
             // One server needs no discovery: there is nothing to choose between.
             self.upstream.start_discovery(&spawner);

@@ -11,6 +11,10 @@ pub struct Model {
     /// Hex SHA-256 of the plaintext key.
     #[sea_orm(unique)]
     pub key_hash: String,
+    /// Hex SHA-256 of the previous plaintext, which keeps working until `grace_until`
+    /// (`/key/regenerate` with `grace_period`).
+    pub previous_key_hash: Option<String>,
+    pub grace_until: Option<DateTimeUtc>,
     /// Short display form, e.g. `sk-…a1b2`.
     pub key_name: String,
     pub key_alias: Option<String>,

@@ -5,6 +5,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261125_000001_initial;
 mod m20261201_000002_usage_server;
+mod m20261202_000003_governance;
 
 pub struct Migrator;
 
@@ -14,6 +15,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261125_000001_initial::Migration),
             Box::new(m20261201_000002_usage_server::Migration),
+            Box::new(m20261202_000003_governance::Migration),
         ]
     }
 }

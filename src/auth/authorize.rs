@@ -15,6 +15,9 @@ pub enum Capability {
     MappingRead,
     MappingWrite,
     SpendRead,
+    /// The audit log (`/audit/logs`): proxy admins everywhere, team admins for their
+    /// teams' objects; not viewers (SPEC §6.5).
+    AuditRead,
     ModelAdmin,
     /// The Ollama servers' state (`/upstream/status`): proxy admins only, since servers
     /// belong to no team.
@@ -42,6 +45,7 @@ fn role_grants(role: Role, capability: Capability) -> bool {
                 | Capability::MappingRead
                 | Capability::MappingWrite
                 | Capability::SpendRead
+                | Capability::AuditRead
                 | Capability::TeamRead
         ),
         Role::Viewer => capability.is_read(),
@@ -116,6 +120,19 @@ mod tests {
         let c = caller(Some(Role::Viewer), Some("a"));
         assert!(check(&c, Capability::KeyRead, Some("a")).is_ok());
         assert!(check(&c, Capability::KeyWrite, Some("a")).is_err());
+    }
+
+    #[test]
+    fn audit_read_is_for_admins_and_own_team_admins_not_viewers() {
+        let admin = caller(Some(Role::ProxyAdmin), None);
+        assert!(check(&admin, Capability::AuditRead, None).is_ok());
+        let team_admin = caller(Some(Role::TeamAdmin), Some("a"));
+        assert!(check(&team_admin, Capability::AuditRead, Some("a")).is_ok());
+        assert!(check(&team_admin, Capability::AuditRead, Some("b")).is_err());
+        assert!(check(&team_admin, Capability::AuditRead, None).is_err());
+        let viewer = caller(Some(Role::Viewer), Some("a"));
+        assert!(check(&viewer, Capability::AuditRead, Some("a")).is_err());
+        assert!(check_any(&viewer, Capability::AuditRead).is_err());
     }
 
     #[test]

@@ -116,6 +116,16 @@ impl Caller {
         }
     }
 
+    /// Who the audit log says made a change: `master_key`, or `jwt:<user_id>` (the
+    /// label, i.e. the e-mail or plain `jwt`, for a token without a user id).
+    pub fn actor(&self) -> String {
+        match (self.kind, &self.user_id) {
+            (CallerKind::MasterKey, _) => "master_key".to_string(),
+            (CallerKind::Jwt, Some(user)) => format!("jwt:{user}"),
+            _ => self.label.to_string(),
+        }
+    }
+
     /// Proxy admins bypass model policy and may call Ollama's admin routes.
     pub fn is_admin(&self) -> bool {
         self.role == Some(Role::ProxyAdmin)

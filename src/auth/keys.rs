@@ -4,8 +4,10 @@
 //! they are reloaded, and while the database is down a stale entry keeps serving for up
 //! to `cache.stale_if_error_s` more. Unknown hashes are cached too (a minted key has 256
 //! random bits, so a negative entry can never shadow a key created later), which keeps
-//! floods of bad keys off the database. Admin writes call [`KeyResolver::invalidate_key`]
-//! / [`KeyResolver::invalidate_team`] so the next request sees the change.
+//! floods of bad keys off the database. A key's previous secret, during a rotation grace
+//! period, resolves to the same key (see [`KeyResolver::resolve`]). Admin writes call
+//! [`KeyResolver::invalidate_key`] / [`KeyResolver::invalidate_team`] so the next request
+//! sees the change.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -70,10 +72,38 @@ impl KeyResolver {
     }
 
     /// The key whose SHA-256 is `hash`, with its team. `Ok(None)` = unknown key.
+    ///
+    /// A previous secret in its rotation grace period resolves to the same key. Its cache
+    /// entry only says which key it was; the key itself comes from the current secret's
+    /// entry (so an update, which refreshes that one, reaches both secrets), and the grace
+    /// period is checked against the clock on every call, cached or not: it ends at
+    /// `grace_until` even on an instance that has not heard of anything.
     pub async fn resolve(&self, hash: &str) -> Result<Option<ResolvedKey>, AppError> {
+        let Some(found) = self.key(hash).await? else {
+            return Ok(None);
+        };
+        let key = if found.key_hash == hash {
+            found
+        } else {
+            let Some(current) = self.key(&found.key_hash).await? else {
+                return Ok(None);
+            };
+            if !current.in_grace(hash, chrono::Utc::now()) {
+                return Ok(None);
+            }
+            current
+        };
+        let team = match &key.team_id {
+            Some(team_id) => self.team(team_id).await?,
+            None => None,
+        };
+        Ok(Some(ResolvedKey { key, team }))
+    }
+
+    async fn key(&self, hash: &str) -> Result<Option<Arc<VirtualKey>>, AppError> {
         let store = self.store.clone();
         let owned = hash.to_string();
-        let key = cached(
+        cached(
             &self.keys,
             hash,
             self.fresh_for,
@@ -85,15 +115,7 @@ impl KeyResolver {
                 async move { store.key_by_hash(&hash).await }
             },
         )
-        .await?;
-        let Some(key) = key else {
-            return Ok(None);
-        };
-        let team = match &key.team_id {
-            Some(team_id) => self.team(team_id).await?,
-            None => None,
-        };
-        Ok(Some(ResolvedKey { key, team }))
+        .await
     }
 
     pub async fn team(&self, team_id: &str) -> Result<Option<Arc<Team>>, AppError> {

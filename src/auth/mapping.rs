@@ -7,7 +7,8 @@
 //!
 //! `auto_register` is race-safe across instances: every racer mints a key and tries to
 //! insert the mapping; the unique (issuer, claim name, value) constraint picks one
-//! winner, and each loser deletes the key it minted and runs as the winner's key.
+//! winner — the key and its mapping are written in one transaction, so a loser's key
+//! rolls back with its mapping — and each loser runs as the winner's key.
 
 use std::sync::Arc;
 
@@ -18,9 +19,13 @@ use super::secrets;
 use crate::config::{AutoRegisterLimits, JwtConfig, UnregisteredPolicy};
 use crate::error::AppError;
 use crate::store::shared_cache::SharedCache;
-use crate::store::{KeyFields, Mapping, Store, StoreError, VirtualKey};
+use crate::store::{Audit, AuditAction, KeyFields, Mapping, NewKey, Store, StoreError};
 
 pub const NO_MAPPING: &str = "__NO_MAPPING__";
+/// `created_by` of auto-registered keys and mappings.
+const AUTO_REGISTER: &str = "auto_register";
+/// The audit log's actor for auto-registration (SPEC §4.2).
+pub const AUTO_REGISTER_ACTOR: &str = "system:auto_register";
 pub const PROXY_ADMIN: &str = "__JWT_PROXY_ADMIN__";
 
 /// The shared-cache key of one resolution (SPEC §6.3).
@@ -234,16 +239,6 @@ impl MappingResolver {
         let plaintext = secrets::mint_key();
         let hash = secrets::hash_secret(&plaintext);
         let key_id = uuid::Uuid::new_v4().to_string();
-        let minted: VirtualKey = self
-            .store
-            .insert_key(
-                &key_id,
-                &hash,
-                &secrets::display_name(&plaintext),
-                &fields,
-                Some("auto_register".into()),
-            )
-            .await?;
         let now = chrono::Utc::now();
         let mapping = Mapping {
             id: uuid::Uuid::new_v4().to_string(),
@@ -255,12 +250,21 @@ impl MappingResolver {
             is_active: true,
             created_at: now,
             updated_at: now,
-            created_by: Some("auto_register".into()),
-            updated_by: Some("auto_register".into()),
+            created_by: Some(AUTO_REGISTER.into()),
+            updated_by: Some(AUTO_REGISTER.into()),
         };
         let cache = cache_key(&identity.issuer, claim, value);
-        match self.store.insert_mapping(&mapping).await {
-            Ok(_) => {
+        let new_key = NewKey {
+            key_id: key_id.clone(),
+            key_hash: hash.clone(),
+            key_name: secrets::display_name(&plaintext),
+            fields,
+            created_by: Some(AUTO_REGISTER.into()),
+        };
+        // The key, its mapping and both audit rows commit together or not at all.
+        let audit = Audit::new(AUTO_REGISTER_ACTOR, AuditAction::KeyGenerate);
+        match self.store.register_key(&new_key, &mapping, &audit).await {
+            Ok(minted) => {
                 tracing::info!(key_id = %minted.key_id, claim, "auto-registered a key for an SSO identity");
                 self.remember(&cache, &format!("k:{hash}"), claim, value)
                     .await;
@@ -270,10 +274,8 @@ impl MappingResolver {
                 Ok(Caller::from_key(resolved.key, resolved.team))
             }
             Err(StoreError::Conflict) => {
-                // Another request won the race: drop ours, run as the winner's key.
-                self.store
-                    .delete_keys(std::slice::from_ref(&key_id))
-                    .await?;
+                // Another request won the race (ours rolled back whole): run as the
+                // winner's key.
                 match self.mapped_key(&identity.issuer, claim, value).await? {
                     Some(winner) => {
                         self.remember(&cache, &format!("k:{}", winner.key.key_hash), claim, value)
@@ -283,10 +285,7 @@ impl MappingResolver {
                     None => Err(AppError::MappingConflict),
                 }
             }
-            Err(other) => {
-                let _ = self.store.delete_keys(std::slice::from_ref(&key_id)).await;
-                Err(other.into())
-            }
+            Err(other) => Err(other.into()),
         }
     }
 

@@ -192,6 +192,18 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
             "must be at least 16 characters",
         ));
     }
+    for (key, retention) in [
+        ("usage.retention_days", &c.usage),
+        ("audit.retention_days", &c.audit),
+    ] {
+        // 0 would delete every row as it is written; beyond 100 years is a typo.
+        if retention
+            .retention_days
+            .is_some_and(|d| !(1..=36_500).contains(&d))
+        {
+            return Err(invalid(key, "must be between 1 and 36500 days, or null"));
+        }
+    }
     if c.server.max_body_bytes == 0 {
         return Err(invalid("server.max_body_bytes", "must be greater than 0"));
     }
@@ -431,6 +443,26 @@ mod tests {
             let e = err(&format!("upstream:\n  servers:\n    {yaml}\n"));
             assert!(e.contains(named), "{yaml}: {e}");
         }
+    }
+
+    #[test]
+    fn retention_days_are_read_checked_and_unknown_keys_named() {
+        let c = load_from(
+            Some("usage:\n  retention_days: 30\naudit:\n  retention_days: 365\n"),
+            &env(&[]),
+        )
+        .expect("valid");
+        assert_eq!(c.usage.retention_days, Some(30));
+        assert_eq!(c.audit.retention_days, Some(365));
+        let c = load_from(None, &env(&[])).expect("defaults");
+        assert_eq!(
+            (c.usage.retention_days, c.audit.retention_days),
+            (None, None)
+        );
+        let e = err("usage:\n  retention_days: 0\n");
+        assert!(e.contains("usage.retention_days"), "{e}");
+        let e = err("audit:\n  retention: 3\n");
+        assert!(e.contains("audit.retention"), "{e}");
     }
 
     #[test]

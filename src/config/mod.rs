@@ -54,8 +54,20 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub pricing: PricingConfig,
     pub jwt: JwtConfig,
+    /// Usage rows (`/spend/logs`): how long they are kept (SPEC §13).
+    pub usage: RetentionConfig,
+    /// Audit rows (`/audit/logs`): how long they are kept (SPEC §13).
+    pub audit: RetentionConfig,
     pub auth_webhook: AuthWebhookConfig,
     pub log: LogConfig,
+}
+
+/// `usage:` and `audit:`: rows older than `retention_days` are deleted by the retention
+/// job; `null` keeps everything.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    pub retention_days: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -206,6 +206,7 @@ const PROXY_ERRORS: &[u16] = &[400, 401, 403, 413, 429, 502, 503, 504];
         (name = "teams", description = "Teams"),
         (name = "mappings", description = "JWT claim → virtual key mappings"),
         (name = "spend", description = "Usage"),
+        (name = "audit", description = "The audit log of management changes"),
         (name = "upstream", description = "The Ollama servers: status, drain, undrain"),
         (name = "console", description = "The admin console and its live feed"),
         (name = "operations", description = "Health, readiness, metrics, this document")

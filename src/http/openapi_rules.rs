@@ -70,7 +70,7 @@ pub fn apply(doc: &mut Value) -> Result<(), String> {
         }
     }
     let key = [("key", present_string()), ("key_id", present_string())];
-    for schema in ["KeyRef", "UpdateKey", "NewMapping"] {
+    for schema in ["KeyRef", "RegenerateKey", "UpdateKey", "NewMapping"] {
         require_any(schemas, schema, &key)?;
     }
     require_any(
@@ -109,17 +109,21 @@ pub fn apply(doc: &mut Value) -> Result<(), String> {
         ("/jwt/key/mapping/list", "page", MAX_PAGE),
         ("/jwt/key/mapping/list", "size", MAX_PAGE_SIZE),
         ("/spend/logs", "limit", MAX_LOG_ROWS),
+        ("/audit/logs", "limit", MAX_LOG_ROWS),
+        ("/audit/logs", "page", MAX_PAGE),
     ] {
         let schema = query_schema(paths, path, name)?;
         schema.insert("minimum".into(), json!(1));
         schema.insert("maximum".into(), json!(max));
     }
-    for name in ["start", "end"] {
-        let schema = query_schema(paths, "/spend/logs", name)?;
-        schema.insert(
-            "anyOf".into(),
-            json!([{"format": "date"}, {"format": "date-time"}]),
-        );
+    for path in ["/spend/logs", "/audit/logs"] {
+        for name in ["start", "end"] {
+            let schema = query_schema(paths, path, name)?;
+            schema.insert(
+                "anyOf".into(),
+                json!([{"format": "date"}, {"format": "date-time"}]),
+            );
+        }
     }
     for (path, item) in paths.iter_mut() {
         if !MANAGEMENT_PREFIXES.iter().any(|p| path.starts_with(p)) {
@@ -161,6 +165,7 @@ pub fn apply(doc: &mut Value) -> Result<(), String> {
 /// The request bodies (and query objects) of the management routes.
 const REQUEST_SCHEMAS: &[&str] = &[
     "KeyRef",
+    "RegenerateKey",
     "GenerateKey",
     "UpdateKey",
     "DeleteKeys",
@@ -173,7 +178,8 @@ const REQUEST_SCHEMAS: &[&str] = &[
 ];
 
 /// Paths of the management routes.
-const MANAGEMENT_PREFIXES: &[&str] = &["/key/", "/team/", "/jwt/key/mapping/", "/spend/"];
+const MANAGEMENT_PREFIXES: &[&str] =
+    &["/key/", "/team/", "/jwt/key/mapping/", "/spend/", "/audit/"];
 
 /// Adds "no NUL" to every string schema inside `schema`, except `metadata`, which is
 /// kept as JSON and may hold anything.

@@ -14,7 +14,7 @@ use crate::auth::secrets;
 use crate::config::Duration as HumanDuration;
 use crate::error::AppError;
 use crate::json::{Limit, double_option, is_blank};
-use crate::store::{KeyFields, KeyFilter, Page, Store, Unreadable, VirtualKey};
+use crate::store::{Audit, AuditAction, KeyFields, KeyFilter, Page, Store, Unreadable, VirtualKey};
 
 /// `key` (plaintext) or `key_id`: how every key route names its key.
 #[derive(Debug, Default, Deserialize, ToSchema, IntoParams)]
@@ -57,6 +57,23 @@ pub struct GenerateKey {
     /// Exact paths (`/api/chat`) or prefixes ending in `*`.
     pub allowed_routes: Option<Vec<String>>,
     pub blocked: Option<bool>,
+}
+
+/// `POST /key/regenerate`: `key` or `key_id` names the key.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegenerateKey {
+    /// The key itself (`sk-…`).
+    #[serde(default)]
+    pub key: Option<String>,
+    /// The key's stable id.
+    #[serde(default)]
+    pub key_id: Option<String>,
+    /// How long the replaced plaintext keeps working (e.g. `24h`), so clients can roll
+    /// over without an outage. Absent: it stops at once. Any older plaintext still in
+    /// its grace period stops at once either way.
+    #[serde(default)]
+    pub grace_period: Option<HumanDuration>,
 }
 
 /// `POST /key/update`: `key` or `key_id` names the key. Absent fields stay as they are;
@@ -197,6 +214,10 @@ pub struct KeyManager<'a> {
 }
 
 impl KeyManager<'_> {
+    fn audit(&self, action: AuditAction) -> Audit {
+        Audit::new(self.caller.actor(), action)
+    }
+
     async fn ensure_team(&self, team_id: Option<&str>) -> Result<(), AppError> {
         if let Some(team) = team_id
             && self.store.team(team).await?.is_none()
@@ -251,6 +272,7 @@ impl KeyManager<'_> {
                 &secrets::display_name(&key),
                 fields,
                 Some(self.caller.label.to_string()),
+                &self.audit(AuditAction::KeyGenerate),
             )
             .await?;
         self.invalidator.publish(Change::Key(hash.clone())).await;
@@ -337,17 +359,18 @@ impl KeyManager<'_> {
         if let Some(v) = req.blocked {
             f.blocked = v;
         }
-        self.save(&existing, &f).await
+        self.save(&existing, &f, AuditAction::KeyUpdate).await
     }
 
     async fn save(
         &self,
         existing: &VirtualKey,
         fields: &KeyFields,
+        action: AuditAction,
     ) -> Result<VirtualKey, AppError> {
         let updated = self
             .store
-            .update_key(&existing.key_id, fields)
+            .update_key(&existing.key_id, fields, &self.audit(action))
             .await?
             .ok_or_else(|| AppError::NotFound("key not found".into()))?;
         self.invalidator
@@ -371,13 +394,16 @@ impl KeyManager<'_> {
         )?;
         let mut f = fields_of(&existing);
         f.blocked = blocked;
-        self.save(&existing, &f).await
+        let action = if blocked {
+            AuditAction::KeyBlock
+        } else {
+            AuditAction::KeyUnblock
+        };
+        self.save(&existing, &f, action).await
     }
 
-    pub async fn regenerate(&self, key_ref: KeyRef) -> Result<IssuedKey, AppError> {
-        let existing = self
-            .find(key_ref.key.as_deref(), key_ref.key_id.as_deref())
-            .await?;
+    pub async fn regenerate(&self, req: RegenerateKey) -> Result<IssuedKey, AppError> {
+        let existing = self.find(req.key.as_deref(), req.key_id.as_deref()).await?;
         check(
             self.caller,
             Capability::KeyWrite,
@@ -385,14 +411,23 @@ impl KeyManager<'_> {
         )?;
         let key = secrets::mint_key();
         let hash = secrets::hash_secret(&key);
-        let info = self
+        let grace_until = req.grace_period.map(|d| Utc::now() + d.to_chrono());
+        let (before, info) = self
             .store
-            .rehash_key(&existing.key_id, &hash, &secrets::display_name(&key))
+            .rehash_key(
+                &existing.key_id,
+                &hash,
+                &secrets::display_name(&key),
+                grace_until,
+                &self.audit(AuditAction::KeyRegenerate),
+            )
             .await?
             .ok_or_else(|| AppError::NotFound("key not found".into()))?;
-        self.invalidator
-            .publish(Change::Key(existing.key_hash.clone()))
-            .await;
+        // Both older secrets' entries (the one now in grace must learn its deadline, the
+        // one whose grace just ended must stop), and the new secret's negative entry.
+        for old in before.hashes() {
+            self.invalidator.publish(Change::Key(old.to_string())).await;
+        }
         self.invalidator.publish(Change::Key(hash.clone())).await;
         Ok(IssuedKey { key, info })
     }
@@ -419,11 +454,16 @@ impl KeyManager<'_> {
             check(self.caller, Capability::KeyWrite, key.team_id.as_deref())?;
         }
         let ids: Vec<String> = targets.iter().map(|k| k.key_id.clone()).collect();
-        let deleted = self.store.delete_keys(&ids).await?;
+        let deleted = self
+            .store
+            .delete_keys(&ids, &self.audit(AuditAction::KeyDelete))
+            .await?;
         for key in &deleted {
-            self.invalidator
-                .publish(Change::Key(key.key_hash.clone()))
-                .await;
+            for hash in key.hashes() {
+                self.invalidator
+                    .publish(Change::Key(hash.to_string()))
+                    .await;
+            }
         }
         Ok(deleted.into_iter().map(|k| k.key_id).collect())
     }

@@ -14,7 +14,7 @@ use crate::auth::authorize::{Capability, check};
 use crate::auth::mapping::MappingResolver;
 use crate::error::AppError;
 use crate::json::{double_option, is_blank};
-use crate::store::{Mapping, Page, Store, StoreError, VirtualKey};
+use crate::store::{Audit, AuditAction, Mapping, Page, Store, StoreError, VirtualKey};
 
 /// `POST /jwt/key/mapping/new`: `key` or `key_id` names the target key.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -105,6 +105,10 @@ pub struct MappingManager<'a> {
 }
 
 impl MappingManager<'_> {
+    fn audit(&self, action: AuditAction) -> Audit {
+        Audit::new(self.caller.actor(), action)
+    }
+
     /// The key a mapping is to point at, once the caller may write mappings for its team.
     async fn target_key(
         &self,
@@ -172,7 +176,7 @@ impl MappingManager<'_> {
         };
         let created = self
             .store
-            .insert_mapping(&mapping)
+            .insert_mapping(&mapping, &self.audit(AuditAction::MappingNew))
             .await
             .map_err(conflict)?;
         self.forget(&created).await;
@@ -213,7 +217,7 @@ impl MappingManager<'_> {
         updated.updated_by = Some(self.caller.label.to_string());
         let saved = self
             .store
-            .update_mapping(&updated)
+            .update_mapping(&updated, &self.audit(AuditAction::MappingUpdate))
             .await
             .map_err(conflict)?
             .ok_or_else(|| AppError::NotFound("mapping not found".into()))?;
@@ -226,7 +230,7 @@ impl MappingManager<'_> {
         self.load_for_write(id).await?;
         let deleted = self
             .store
-            .delete_mapping(id)
+            .delete_mapping(id, &self.audit(AuditAction::MappingDelete))
             .await?
             .ok_or_else(|| AppError::NotFound("mapping not found".into()))?;
         self.forget(&deleted).await;

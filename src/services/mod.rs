@@ -5,10 +5,11 @@
 //!   meter the response and record its usage.
 //! - [`keys`], [`teams`], [`mappings`]: management of virtual keys, teams and JWT
 //!   mappings — validation, authorisation per team, storage and cache invalidation.
-//! - [`spend`]: usage queries.
+//! - [`spend`]: usage queries; [`audit`]: the audit log.
 //! - [`upstreams`]: the Ollama servers' status, drain and undrain.
 //! - [`paging`]: the list routes' shared bounds.
 
+pub mod audit;
 pub mod keys;
 pub mod mappings;
 pub mod paging;

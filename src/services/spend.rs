@@ -26,7 +26,10 @@ pub struct LogsQuery {
 }
 
 /// RFC 3339 timestamps or plain `YYYY-MM-DD` dates (midnight UTC).
-fn parse_time(field: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>, AppError> {
+pub(super) fn parse_time(
+    field: &str,
+    value: Option<&str>,
+) -> Result<Option<DateTime<Utc>>, AppError> {
     let Some(v) = value else { return Ok(None) };
     if let Ok(t) = DateTime::parse_from_rfc3339(v) {
         return Ok(Some(t.with_timezone(&Utc)));

@@ -12,7 +12,7 @@ use crate::auth::invalidation::{Change, Invalidator};
 use crate::config::Duration as HumanDuration;
 use crate::error::AppError;
 use crate::json::{Limit, double_option, is_blank};
-use crate::store::{Page, Store, Team, TeamFields, Unreadable};
+use crate::store::{Audit, AuditAction, Page, Store, Team, TeamFields, Unreadable};
 
 /// `POST /team/new`. Every field is optional.
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -135,6 +135,10 @@ pub struct TeamManager<'a> {
 }
 
 impl TeamManager<'_> {
+    fn audit(&self, action: AuditAction) -> Audit {
+        Audit::new(self.caller.actor(), action)
+    }
+
     pub async fn create(&self, req: NewTeam) -> Result<Team, AppError> {
         check(self.caller, Capability::TeamWrite, None)?;
         let team_id = req
@@ -156,7 +160,7 @@ impl TeamManager<'_> {
         validate(&fields)?;
         let team = self
             .store
-            .insert_team(&team_id, &fields)
+            .insert_team(&team_id, &fields, &self.audit(AuditAction::TeamNew))
             .await
             .map_err(|e| match e {
                 crate::store::StoreError::Conflict => {
@@ -224,7 +228,7 @@ impl TeamManager<'_> {
         validate(&f)?;
         let team = self
             .store
-            .update_team(&req.team_id, &f)
+            .update_team(&req.team_id, &f, &self.audit(AuditAction::TeamUpdate))
             .await?
             .ok_or_else(|| AppError::NotFound("team not found".into()))?;
         self.invalidator
@@ -255,7 +259,11 @@ impl TeamManager<'_> {
         }
         let mut deleted = Vec::new();
         for id in ids {
-            if let Some(key_ids) = self.store.delete_team(&id).await? {
+            if let Some(key_ids) = self
+                .store
+                .delete_team(&id, &self.audit(AuditAction::TeamDelete))
+                .await?
+            {
                 if !key_ids.is_empty() {
                     // Only key ids are known here; the cache is keyed by hash.
                     self.invalidator.publish(Change::AllKeys).await;

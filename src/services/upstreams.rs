@@ -9,6 +9,7 @@ use utoipa::ToSchema;
 use crate::auth::Caller;
 use crate::auth::authorize::{Capability, check};
 use crate::error::AppError;
+use crate::store::{Audit, AuditAction, AuditEntry, Store};
 use crate::upstream::{ServerStatus, Upstream};
 
 /// `GET /upstream/status`.
@@ -31,11 +32,13 @@ pub struct ServerName {
 /// Reads and changes the servers' routing state; long-lived, built from the upstream.
 pub struct UpstreamService {
     upstream: Arc<Upstream>,
+    /// Where drain and undrain are audited.
+    store: Arc<dyn Store>,
 }
 
 impl UpstreamService {
-    pub fn new(upstream: Arc<Upstream>) -> Self {
-        Self { upstream }
+    pub fn new(upstream: Arc<Upstream>, store: Arc<dyn Store>) -> Self {
+        Self { upstream, store }
     }
 
     pub fn status(&self, caller: &Caller) -> Result<FleetStatus, AppError> {
@@ -49,7 +52,12 @@ impl UpstreamService {
 
     /// Stops (`draining: true`) or resumes routing new requests to a server; requests
     /// in flight there finish. Answers the server's status.
-    pub fn set_draining(
+    ///
+    /// The drain state lives in this process, not in the database, so it cannot share a
+    /// transaction with its audit row. The change is made, its row written, and when the
+    /// row cannot be written the change is undone and the call fails (503 or 500): no
+    /// change without its row, and never a success the log does not show.
+    pub async fn set_draining(
         &self,
         caller: &Caller,
         name: &str,
@@ -61,12 +69,29 @@ impl UpstreamService {
             .upstream
             .server_named(name)
             .ok_or_else(|| AppError::NotFound(format!("no server named `{name}`")))?;
+        let status = |fleet: &crate::upstream::Fleet| {
+            fleet
+                .status()
+                .into_iter()
+                .nth(server)
+                .ok_or_else(|| AppError::NotFound(format!("no server named `{name}`")))
+        };
+        let before = status(fleet)?;
+        let was_draining = fleet.is_draining(server);
         fleet.set_draining(server, draining);
+        let after = status(fleet)?;
+        let action = if draining {
+            AuditAction::UpstreamDrain
+        } else {
+            AuditAction::UpstreamUndrain
+        };
+        let audit = Audit::new(caller.actor(), action);
+        let entry = AuditEntry::of(&audit, name, None, Some(&before), Some(&after));
+        if let Err(e) = self.store.record_audit(&entry).await {
+            fleet.set_draining(server, was_draining);
+            return Err(e.into());
+        }
         tracing::info!(server = name, draining, caller = %caller.label, "server routing changed");
-        fleet
-            .status()
-            .into_iter()
-            .nth(server)
-            .ok_or_else(|| AppError::NotFound(format!("no server named `{name}`")))
+        Ok(after)
     }
 }

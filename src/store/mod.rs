@@ -10,7 +10,7 @@ pub mod types;
 
 use async_trait::async_trait;
 
-pub use sql::{SqlStore, connect, is_postgres, migrate};
+pub use sql::{JobLock, SqlStore, connect, is_postgres, migrate};
 pub use types::*;
 
 /// Why a storage call failed, as far as callers need to tell.
@@ -65,6 +65,8 @@ pub trait Store: Send + Sync + 'static {
     /// Cheap liveness check for `/readyz`.
     async fn ping(&self) -> StoreResult<()>;
 
+    /// Every change below writes its audit row (`audit`) in the change's own transaction:
+    /// no change without its row, no row without its change.
     async fn insert_key(
         &self,
         key_id: &str,
@@ -72,37 +74,67 @@ pub trait Store: Send + Sync + 'static {
         key_name: &str,
         fields: &KeyFields,
         created_by: Option<String>,
+        audit: &Audit,
     ) -> StoreResult<VirtualKey>;
+    /// The key whose current secret hashes to `key_hash`, or whose previous one does while
+    /// its grace period runs.
     async fn key_by_hash(&self, key_hash: &str) -> StoreResult<Option<VirtualKey>>;
     async fn key_by_id(&self, key_id: &str) -> StoreResult<Option<VirtualKey>>;
     /// Replaces every editable field. `None` when the key does not exist.
-    async fn update_key(&self, key_id: &str, fields: &KeyFields)
-    -> StoreResult<Option<VirtualKey>>;
-    /// Swaps the key's secret (regenerate); the id stays.
+    async fn update_key(
+        &self,
+        key_id: &str,
+        fields: &KeyFields,
+        audit: &Audit,
+    ) -> StoreResult<Option<VirtualKey>>;
+    /// Swaps the key's secret (regenerate); the id stays. With `grace_until` the secret
+    /// replaced keeps working until then; any older one stops at once. Returns the key
+    /// before and after.
     async fn rehash_key(
         &self,
         key_id: &str,
         key_hash: &str,
         key_name: &str,
-    ) -> StoreResult<Option<VirtualKey>>;
+        grace_until: Option<chrono::DateTime<chrono::Utc>>,
+        audit: &Audit,
+    ) -> StoreResult<Option<(VirtualKey, VirtualKey)>>;
     /// Deletes keys (and, by cascade, their mappings); returns the ones that existed.
-    async fn delete_keys(&self, key_ids: &[String]) -> StoreResult<Vec<VirtualKey>>;
+    async fn delete_keys(&self, key_ids: &[String], audit: &Audit) -> StoreResult<Vec<VirtualKey>>;
+    /// Auto-registration: the key and its mapping in one transaction, with both audit
+    /// rows (`key.generate`, `mapping.new`). [`StoreError::Conflict`] when the mapping's
+    /// identity already exists — then nothing was written.
+    async fn register_key(
+        &self,
+        key: &NewKey,
+        mapping: &Mapping,
+        audit: &Audit,
+    ) -> StoreResult<VirtualKey>;
     async fn list_keys(
         &self,
         filter: &KeyFilter,
         page: Page,
     ) -> StoreResult<(Vec<VirtualKey>, u64)>;
 
-    async fn insert_team(&self, team_id: &str, fields: &TeamFields) -> StoreResult<Team>;
+    async fn insert_team(
+        &self,
+        team_id: &str,
+        fields: &TeamFields,
+        audit: &Audit,
+    ) -> StoreResult<Team>;
     async fn team(&self, team_id: &str) -> StoreResult<Option<Team>>;
-    async fn update_team(&self, team_id: &str, fields: &TeamFields) -> StoreResult<Option<Team>>;
+    async fn update_team(
+        &self,
+        team_id: &str,
+        fields: &TeamFields,
+        audit: &Audit,
+    ) -> StoreResult<Option<Team>>;
     /// Deletes the team and (by cascade) its keys; returns the deleted key ids, or `None`
     /// when the team did not exist.
-    async fn delete_team(&self, team_id: &str) -> StoreResult<Option<Vec<String>>>;
+    async fn delete_team(&self, team_id: &str, audit: &Audit) -> StoreResult<Option<Vec<String>>>;
     async fn team_key_count(&self, team_id: &str) -> StoreResult<u64>;
     async fn list_teams(&self, page: Page) -> StoreResult<(Vec<Team>, u64)>;
 
-    async fn insert_mapping(&self, mapping: &Mapping) -> StoreResult<Mapping>;
+    async fn insert_mapping(&self, mapping: &Mapping, audit: &Audit) -> StoreResult<Mapping>;
     async fn mapping(&self, id: &str) -> StoreResult<Option<Mapping>>;
     /// Mappings for (claim, value) whose issuer is `issuer` or empty (any issuer).
     async fn find_mappings(
@@ -111,8 +143,12 @@ pub trait Store: Send + Sync + 'static {
         claim: &str,
         value: &str,
     ) -> StoreResult<Vec<Mapping>>;
-    async fn update_mapping(&self, mapping: &Mapping) -> StoreResult<Option<Mapping>>;
-    async fn delete_mapping(&self, id: &str) -> StoreResult<Option<Mapping>>;
+    async fn update_mapping(
+        &self,
+        mapping: &Mapping,
+        audit: &Audit,
+    ) -> StoreResult<Option<Mapping>>;
+    async fn delete_mapping(&self, id: &str, audit: &Audit) -> StoreResult<Option<Mapping>>;
     async fn list_mappings(&self, page: Page) -> StoreResult<(Vec<Mapping>, u64)>;
 
     /// Starts a new budget period for every key and team whose period ended by `now`:
@@ -126,4 +162,24 @@ pub trait Store: Send + Sync + 'static {
     /// Writes usage rows and adds their spend to keys and teams, in one transaction.
     async fn record_usage(&self, rows: &[UsageRow]) -> StoreResult<()>;
     async fn spend_logs(&self, filter: &UsageFilter) -> StoreResult<Vec<UsageRow>>;
+
+    /// Writes an audit row on its own, for a change that lives outside the database
+    /// (a server's drain state).
+    async fn record_audit(&self, entry: &AuditEntry) -> StoreResult<()>;
+    /// Audit rows, newest first.
+    async fn audit_logs(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditEntry>>;
+
+    /// Deletes at most `max_rows` of `table`'s rows older than `before`, in one
+    /// statement; returns how many it deleted (the retention job calls it until fewer
+    /// than `max_rows` go). Spend totals are columns of keys and teams, never touched.
+    async fn purge(
+        &self,
+        table: RetainedTable,
+        before: chrono::DateTime<chrono::Utc>,
+        max_rows: u64,
+    ) -> StoreResult<u64>;
+    /// Takes the cluster-wide lock of the job named `job`, or `None` when another
+    /// instance holds it. The lock lasts until [`JobLock::release`] (or the holder's
+    /// connection ends).
+    async fn try_job_lock(&self, job: &str) -> StoreResult<Option<JobLock>>;
 }

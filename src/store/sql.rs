@@ -7,15 +7,17 @@ use async_trait::async_trait;
 use chrono::Utc;
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectOptions, Database, DatabaseConnection, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, Condition, ConnectOptions, ConnectionTrait, Database,
+    DatabaseConnection, DatabaseTransaction, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set, TransactionTrait,
 };
 
-use entity::{jwt_key_mapping, team, usage_log, virtual_key};
+use entity::{audit_log, jwt_key_mapping, team, usage_log, virtual_key};
 
 use super::{
-    BudgetReset, KeyFields, KeyFilter, Mapping, Page, Store, StoreError, StoreResult, Team,
-    TeamFields, UsageFilter, UsageRow, VirtualKey,
+    Audit, AuditEntry, AuditFilter, BudgetReset, KeyFields, KeyFilter, Mapping, NewKey, Page,
+    RetainedTable, Store, StoreError, StoreResult, Team, TeamFields, UsageFilter, UsageRow,
+    VirtualKey,
 };
 use crate::config::DatabaseConfig;
 
@@ -127,6 +129,121 @@ fn mapping_model(m: &Mapping) -> jwt_key_mapping::ActiveModel {
     }
 }
 
+/// Writes one audit row on `conn` (the change's transaction).
+async fn write_audit(conn: &impl ConnectionTrait, entry: &AuditEntry) -> StoreResult<()> {
+    let json = |v: &Option<serde_json::Value>| v.as_ref().map(|v| v.to_string());
+    audit_log::ActiveModel {
+        id: Set(entry.id.clone()),
+        at: Set(entry.at),
+        actor: Set(entry.actor.clone()),
+        action: Set(entry.action.as_str().to_string()),
+        object_type: Set(entry.object_type.as_str().to_string()),
+        object_id: Set(entry.object_id.clone()),
+        team_id: Set(entry.team_id.clone()),
+        before: Set(json(&entry.before)),
+        after: Set(json(&entry.after)),
+        request_id: Set(entry.request_id.clone()),
+    }
+    .insert(conn)
+    .await?;
+    Ok(())
+}
+
+/// The team of the key a mapping points at (what a mapping's audit row is filed under).
+async fn key_team(conn: &impl ConnectionTrait, key_id: &str) -> StoreResult<Option<String>> {
+    Ok(virtual_key::Entity::find_by_id(key_id.to_string())
+        .one(conn)
+        .await?
+        .and_then(|k| k.team_id))
+}
+
+async fn insert_key_on(
+    conn: &impl ConnectionTrait,
+    key: &NewKey,
+    audit: &Audit,
+) -> StoreResult<VirtualKey> {
+    let now = Utc::now();
+    let mut am = virtual_key::ActiveModel {
+        id: Set(key.key_id.clone()),
+        key_hash: Set(key.key_hash.clone()),
+        previous_key_hash: Set(None),
+        grace_until: Set(None),
+        key_name: Set(key.key_name.clone()),
+        spend: Set(0.0),
+        budget_reset_at: Set(first_reset(key.fields.budget_duration)),
+        created_by: Set(key.created_by.clone()),
+        created_at: Set(now),
+        ..Default::default()
+    };
+    key_fields(&mut am, &key.fields);
+    let created: VirtualKey = am.insert(conn).await?.into();
+    write_audit(
+        conn,
+        &AuditEntry::of(
+            audit,
+            &created.key_id,
+            created.team_id.as_deref(),
+            None,
+            Some(&created),
+        ),
+    )
+    .await?;
+    Ok(created)
+}
+
+async fn insert_mapping_on(
+    conn: &impl ConnectionTrait,
+    mapping: &Mapping,
+    audit: &Audit,
+) -> StoreResult<Mapping> {
+    let created: Mapping = mapping_model(mapping).insert(conn).await?.into();
+    let team = key_team(conn, &created.key_id).await?;
+    write_audit(
+        conn,
+        &AuditEntry::of(audit, &created.id, team.as_deref(), None, Some(&created)),
+    )
+    .await?;
+    Ok(created)
+}
+
+/// A lock only one instance holds at a time (SPEC §13: one retention job at a time).
+///
+/// On PostgreSQL it is a transaction-scoped advisory lock held by an open transaction on
+/// a connection of its own: the lock ends with the transaction, so a holder that dies
+/// (its connection closed) never leaves it behind. The job's deletions run on other
+/// connections, each statement committed on its own. SQLite is one process's file: there
+/// is nothing to coordinate, and the lock is always granted.
+pub struct JobLock {
+    txn: Option<DatabaseTransaction>,
+}
+
+impl JobLock {
+    /// A lock that coordinates nothing (SQLite; test stores).
+    pub fn local() -> Self {
+        Self { txn: None }
+    }
+
+    /// Ends the lock.
+    pub async fn release(self) {
+        if let Some(txn) = self.txn
+            && let Err(e) = txn.rollback().await
+        {
+            // The connection goes back to the pool broken or is dropped; either way the
+            // transaction, and with it the lock, is over.
+            tracing::warn!(error = %e, "releasing a job lock failed");
+        }
+    }
+}
+
+/// The advisory lock id of a job: a stable 63-bit number from its name.
+fn lock_id(job: &str) -> i64 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("tollgate:job:{job}").as_bytes());
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(bytes) & i64::MAX
+}
+
 #[async_trait]
 impl Store for SqlStore {
     async fn ping(&self) -> StoreResult<()> {
@@ -140,25 +257,32 @@ impl Store for SqlStore {
         key_name: &str,
         fields: &KeyFields,
         created_by: Option<String>,
+        audit: &Audit,
     ) -> StoreResult<VirtualKey> {
-        let now = Utc::now();
-        let mut am = virtual_key::ActiveModel {
-            id: Set(key_id.to_string()),
-            key_hash: Set(key_hash.to_string()),
-            key_name: Set(key_name.to_string()),
-            spend: Set(0.0),
-            budget_reset_at: Set(first_reset(fields.budget_duration)),
-            created_by: Set(created_by),
-            created_at: Set(now),
-            ..Default::default()
+        let key = NewKey {
+            key_id: key_id.to_string(),
+            key_hash: key_hash.to_string(),
+            key_name: key_name.to_string(),
+            fields: fields.clone(),
+            created_by,
         };
-        key_fields(&mut am, fields);
-        Ok(am.insert(&self.db).await?.into())
+        let txn = self.db.begin().await?;
+        let created = insert_key_on(&txn, &key, audit).await?;
+        txn.commit().await?;
+        Ok(created)
     }
 
     async fn key_by_hash(&self, key_hash: &str) -> StoreResult<Option<VirtualKey>> {
         Ok(virtual_key::Entity::find()
-            .filter(virtual_key::Column::KeyHash.eq(key_hash))
+            .filter(
+                Condition::any()
+                    .add(virtual_key::Column::KeyHash.eq(key_hash))
+                    .add(
+                        Condition::all()
+                            .add(virtual_key::Column::PreviousKeyHash.eq(key_hash))
+                            .add(virtual_key::Column::GraceUntil.gt(Utc::now())),
+                    ),
+            )
             .one(&self.db)
             .await?
             .map(Into::into))
@@ -175,6 +299,7 @@ impl Store for SqlStore {
         &self,
         key_id: &str,
         fields: &KeyFields,
+        audit: &Audit,
     ) -> StoreResult<Option<VirtualKey>> {
         let Some(existing) = virtual_key::Entity::find_by_id(key_id.to_string())
             .one(&self.db)
@@ -182,13 +307,24 @@ impl Store for SqlStore {
         else {
             return Ok(None);
         };
+        let before: VirtualKey = existing.clone().into();
         let old_duration = existing.budget_duration.clone();
         let mut am: virtual_key::ActiveModel = existing.into();
         key_fields(&mut am, fields);
         if old_duration != fields.budget_duration.map(|d| d.to_string()) {
             am.budget_reset_at = Set(first_reset(fields.budget_duration));
         }
-        Ok(Some(am.update(&self.db).await?.into()))
+        // Starts with the write (see `delete_keys`).
+        let txn = self.db.begin().await?;
+        let updated: VirtualKey = am.update(&txn).await?.into();
+        let team = updated.team_id.as_deref().or(before.team_id.as_deref());
+        write_audit(
+            &txn,
+            &AuditEntry::of(audit, key_id, team, Some(&before), Some(&updated)),
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(Some(updated))
     }
 
     async fn rehash_key(
@@ -196,21 +332,54 @@ impl Store for SqlStore {
         key_id: &str,
         key_hash: &str,
         key_name: &str,
-    ) -> StoreResult<Option<VirtualKey>> {
+        grace_until: Option<chrono::DateTime<Utc>>,
+        audit: &Audit,
+    ) -> StoreResult<Option<(VirtualKey, VirtualKey)>> {
+        let Some(before) = self.key_by_id(key_id).await? else {
+            return Ok(None);
+        };
+        let txn = self.db.begin().await?;
+        // SET reads the row as it was: the replaced secret moves to `previous_key_hash`
+        // (or nowhere, without a grace period), and whatever was there stops working.
+        let previous = match grace_until {
+            Some(_) => Expr::col(virtual_key::Column::KeyHash),
+            None => Expr::value(Option::<String>::None),
+        };
         let result = virtual_key::Entity::update_many()
+            .col_expr(virtual_key::Column::PreviousKeyHash, previous)
+            .col_expr(virtual_key::Column::GraceUntil, Expr::value(grace_until))
             .col_expr(virtual_key::Column::KeyHash, Expr::value(key_hash))
             .col_expr(virtual_key::Column::KeyName, Expr::value(key_name))
             .col_expr(virtual_key::Column::UpdatedAt, Expr::value(Utc::now()))
             .filter(virtual_key::Column::Id.eq(key_id))
-            .exec(&self.db)
+            .exec(&txn)
             .await?;
         if result.rows_affected == 0 {
             return Ok(None);
         }
-        self.key_by_id(key_id).await
+        let Some(after) = virtual_key::Entity::find_by_id(key_id.to_string())
+            .one(&txn)
+            .await?
+            .map(VirtualKey::from)
+        else {
+            return Ok(None);
+        };
+        write_audit(
+            &txn,
+            &AuditEntry::of(
+                audit,
+                key_id,
+                after.team_id.as_deref(),
+                Some(&before),
+                Some(&after),
+            ),
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(Some((before, after)))
     }
 
-    async fn delete_keys(&self, key_ids: &[String]) -> StoreResult<Vec<VirtualKey>> {
+    async fn delete_keys(&self, key_ids: &[String], audit: &Audit) -> StoreResult<Vec<VirtualKey>> {
         // Read outside the transaction: on SQLite a deferred transaction that reads and
         // then writes cannot wait for the write lock (it fails at once under concurrent
         // writers), while one that starts by writing waits its turn.
@@ -232,8 +401,31 @@ impl Store for SqlStore {
             .filter(virtual_key::Column::Id.is_in(key_ids.iter().cloned()))
             .exec(&txn)
             .await?;
+        for key in &keys {
+            write_audit(
+                &txn,
+                &AuditEntry::of(audit, &key.key_id, key.team_id.as_deref(), Some(key), None),
+            )
+            .await?;
+        }
         txn.commit().await?;
         Ok(keys)
+    }
+
+    async fn register_key(
+        &self,
+        key: &NewKey,
+        mapping: &Mapping,
+        audit: &Audit,
+    ) -> StoreResult<VirtualKey> {
+        let txn = self.db.begin().await?;
+        let created =
+            insert_key_on(&txn, key, &audit.with(super::AuditAction::KeyGenerate)).await?;
+        // A duplicate identity fails here and the whole transaction, key included, rolls
+        // back: the race's losers leave nothing behind.
+        insert_mapping_on(&txn, mapping, &audit.with(super::AuditAction::MappingNew)).await?;
+        txn.commit().await?;
+        Ok(created)
     }
 
     async fn list_keys(
@@ -257,7 +449,12 @@ impl Store for SqlStore {
         Ok((items.into_iter().map(Into::into).collect(), total))
     }
 
-    async fn insert_team(&self, team_id: &str, fields: &TeamFields) -> StoreResult<Team> {
+    async fn insert_team(
+        &self,
+        team_id: &str,
+        fields: &TeamFields,
+        audit: &Audit,
+    ) -> StoreResult<Team> {
         let now = Utc::now();
         let mut am = team::ActiveModel {
             id: Set(team_id.to_string()),
@@ -267,7 +464,15 @@ impl Store for SqlStore {
             ..Default::default()
         };
         team_fields(&mut am, fields);
-        Ok(am.insert(&self.db).await?.into())
+        let txn = self.db.begin().await?;
+        let created: Team = am.insert(&txn).await?.into();
+        write_audit(
+            &txn,
+            &AuditEntry::of(audit, team_id, Some(team_id), None, Some(&created)),
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(created)
     }
 
     async fn team(&self, team_id: &str) -> StoreResult<Option<Team>> {
@@ -277,31 +482,45 @@ impl Store for SqlStore {
             .map(Into::into))
     }
 
-    async fn update_team(&self, team_id: &str, fields: &TeamFields) -> StoreResult<Option<Team>> {
+    async fn update_team(
+        &self,
+        team_id: &str,
+        fields: &TeamFields,
+        audit: &Audit,
+    ) -> StoreResult<Option<Team>> {
         let Some(existing) = team::Entity::find_by_id(team_id.to_string())
             .one(&self.db)
             .await?
         else {
             return Ok(None);
         };
+        let before: Team = existing.clone().into();
         let old_duration = existing.budget_duration.clone();
         let mut am: team::ActiveModel = existing.into();
         team_fields(&mut am, fields);
         if old_duration != fields.budget_duration.map(|d| d.to_string()) {
             am.budget_reset_at = Set(first_reset(fields.budget_duration));
         }
-        Ok(Some(am.update(&self.db).await?.into()))
+        let txn = self.db.begin().await?;
+        let updated: Team = am.update(&txn).await?.into();
+        write_audit(
+            &txn,
+            &AuditEntry::of(audit, team_id, Some(team_id), Some(&before), Some(&updated)),
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(Some(updated))
     }
 
-    async fn delete_team(&self, team_id: &str) -> StoreResult<Option<Vec<String>>> {
+    async fn delete_team(&self, team_id: &str, audit: &Audit) -> StoreResult<Option<Vec<String>>> {
         // Reads first, outside the transaction (see `delete_keys`).
-        if team::Entity::find_by_id(team_id.to_string())
+        let Some(before) = team::Entity::find_by_id(team_id.to_string())
             .one(&self.db)
             .await?
-            .is_none()
-        {
+            .map(Team::from)
+        else {
             return Ok(None);
-        }
+        };
         let key_ids: Vec<String> = virtual_key::Entity::find()
             .filter(virtual_key::Column::TeamId.eq(team_id))
             .select_only()
@@ -329,6 +548,11 @@ impl Store for SqlStore {
         team::Entity::delete_by_id(team_id.to_string())
             .exec(&txn)
             .await?;
+        write_audit(
+            &txn,
+            &AuditEntry::of(audit, team_id, Some(team_id), Some(&before), None),
+        )
+        .await?;
         txn.commit().await?;
         Ok(Some(key_ids))
     }
@@ -350,8 +574,11 @@ impl Store for SqlStore {
         Ok((items.into_iter().map(Into::into).collect(), total))
     }
 
-    async fn insert_mapping(&self, mapping: &Mapping) -> StoreResult<Mapping> {
-        Ok(mapping_model(mapping).insert(&self.db).await?.into())
+    async fn insert_mapping(&self, mapping: &Mapping, audit: &Audit) -> StoreResult<Mapping> {
+        let txn = self.db.begin().await?;
+        let created = insert_mapping_on(&txn, mapping, audit).await?;
+        txn.commit().await?;
+        Ok(created)
     }
 
     async fn mapping(&self, id: &str) -> StoreResult<Option<Mapping>> {
@@ -378,23 +605,54 @@ impl Store for SqlStore {
             .collect())
     }
 
-    async fn update_mapping(&self, mapping: &Mapping) -> StoreResult<Option<Mapping>> {
-        if self.mapping(&mapping.id).await?.is_none() {
+    async fn update_mapping(
+        &self,
+        mapping: &Mapping,
+        audit: &Audit,
+    ) -> StoreResult<Option<Mapping>> {
+        let Some(before) = self.mapping(&mapping.id).await? else {
             return Ok(None);
-        }
+        };
         let mut am = mapping_model(mapping);
         am.created_at = sea_orm::NotSet;
         am.created_by = sea_orm::NotSet;
-        Ok(Some(am.update(&self.db).await?.into()))
+        let txn = self.db.begin().await?;
+        let updated: Mapping = am.update(&txn).await?.into();
+        let team = key_team(&txn, &updated.key_id).await?;
+        write_audit(
+            &txn,
+            &AuditEntry::of(
+                audit,
+                &updated.id,
+                team.as_deref(),
+                Some(&before),
+                Some(&updated),
+            ),
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(Some(updated))
     }
 
-    async fn delete_mapping(&self, id: &str) -> StoreResult<Option<Mapping>> {
+    async fn delete_mapping(&self, id: &str, audit: &Audit) -> StoreResult<Option<Mapping>> {
         let Some(existing) = self.mapping(id).await? else {
             return Ok(None);
         };
-        jwt_key_mapping::Entity::delete_by_id(id.to_string())
-            .exec(&self.db)
+        let txn = self.db.begin().await?;
+        let done = jwt_key_mapping::Entity::delete_by_id(id.to_string())
+            .exec(&txn)
             .await?;
+        if done.rows_affected == 0 {
+            // Deleted meanwhile by someone else, who wrote its row.
+            return Ok(None);
+        }
+        let team = key_team(&txn, &existing.key_id).await?;
+        write_audit(
+            &txn,
+            &AuditEntry::of(audit, id, team.as_deref(), Some(&existing), None),
+        )
+        .await?;
+        txn.commit().await?;
         Ok(Some(existing))
     }
 
@@ -557,6 +815,112 @@ impl Store for SqlStore {
             .map(Into::into)
             .collect())
     }
+
+    async fn record_audit(&self, entry: &AuditEntry) -> StoreResult<()> {
+        write_audit(&self.db, entry).await
+    }
+
+    async fn audit_logs(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditEntry>> {
+        let mut query = audit_log::Entity::find();
+        if let Some(t) = filter.object_type {
+            query = query.filter(audit_log::Column::ObjectType.eq(t.as_str()));
+        }
+        if let Some(id) = &filter.object_id {
+            query = query.filter(audit_log::Column::ObjectId.eq(id.as_str()));
+        }
+        if let Some(actor) = &filter.actor {
+            query = query.filter(audit_log::Column::Actor.eq(actor.as_str()));
+        }
+        if let Some(team) = &filter.team_id {
+            query = query.filter(audit_log::Column::TeamId.eq(team.as_str()));
+        }
+        if let Some(start) = filter.start {
+            query = query.filter(audit_log::Column::At.gte(start));
+        }
+        if let Some(end) = filter.end {
+            query = query.filter(audit_log::Column::At.lt(end));
+        }
+        Ok(query
+            .order_by_desc(audit_log::Column::At)
+            .order_by_desc(audit_log::Column::Id)
+            .limit(filter.limit)
+            .offset(filter.page.saturating_sub(1).saturating_mul(filter.limit))
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(Into::into)
+            .collect())
+    }
+
+    async fn purge(
+        &self,
+        table: RetainedTable,
+        before: chrono::DateTime<Utc>,
+        max_rows: u64,
+    ) -> StoreResult<u64> {
+        use sea_orm::sea_query::Query;
+        // `DELETE … LIMIT` is not portable (SQLite builds without it): the batch is the
+        // oldest `max_rows` ids, chosen by a subquery on the time index.
+        let done = match table {
+            RetainedTable::Usage => {
+                usage_log::Entity::delete_many()
+                    .filter(
+                        usage_log::Column::Id.in_subquery(
+                            Query::select()
+                                .column(usage_log::Column::Id)
+                                .from(usage_log::Entity)
+                                .and_where(usage_log::Column::StartedAt.lt(before))
+                                .order_by(usage_log::Column::StartedAt, sea_orm::Order::Asc)
+                                .limit(max_rows)
+                                .to_owned(),
+                        ),
+                    )
+                    .exec(&self.db)
+                    .await?
+            }
+            RetainedTable::Audit => {
+                audit_log::Entity::delete_many()
+                    .filter(
+                        audit_log::Column::Id.in_subquery(
+                            Query::select()
+                                .column(audit_log::Column::Id)
+                                .from(audit_log::Entity)
+                                .and_where(audit_log::Column::At.lt(before))
+                                .order_by(audit_log::Column::At, sea_orm::Order::Asc)
+                                .limit(max_rows)
+                                .to_owned(),
+                        ),
+                    )
+                    .exec(&self.db)
+                    .await?
+            }
+        };
+        Ok(done.rows_affected)
+    }
+
+    async fn try_job_lock(&self, job: &str) -> StoreResult<Option<JobLock>> {
+        if !is_postgres(&self.db) {
+            return Ok(Some(JobLock::local()));
+        }
+        let txn = self.db.begin().await?;
+        let row = txn
+            .query_one_raw(sea_orm::Statement::from_sql_and_values(
+                sea_orm::DatabaseBackend::Postgres,
+                "SELECT pg_try_advisory_xact_lock($1) AS locked",
+                [lock_id(job).into()],
+            ))
+            .await?;
+        let locked = match row {
+            Some(row) => row.try_get::<bool>("", "locked")?,
+            None => false,
+        };
+        if locked {
+            Ok(Some(JobLock { txn: Some(txn) }))
+        } else {
+            txn.rollback().await?;
+            Ok(None)
+        }
+    }
 }
 
 /// Runs pending migrations; a no-op when the schema is current.
@@ -616,6 +980,13 @@ mod tests {
                 server: None,
             })
             .collect()
+    }
+
+    #[test]
+    fn job_lock_ids_are_stable_distinct_and_non_negative() {
+        assert_eq!(lock_id("retention"), lock_id("retention"));
+        assert_ne!(lock_id("retention"), lock_id("other"));
+        assert!(lock_id("retention") >= 0);
     }
 
     #[test]

@@ -15,6 +15,12 @@ pub struct VirtualKey {
     pub key_id: String,
     #[serde(skip)]
     pub key_hash: String,
+    /// The previous secret's hash while a rotation grace period runs (never shown).
+    #[serde(skip)]
+    pub previous_key_hash: Option<String>,
+    /// Until when the previous plaintext keeps working (`/key/regenerate` with
+    /// `grace_period`); null when no grace period is running.
+    pub grace_until: Option<DateTime<Utc>>,
     /// A short prefix shown in lists, e.g. `sk-…a1b2`.
     pub key_name: String,
     pub key_alias: Option<String>,
@@ -154,6 +160,16 @@ pub struct UsageRow {
     pub server: Option<String>,
 }
 
+/// A key about to be inserted: its id, secret hash, display name and fields.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub key_id: String,
+    pub key_hash: String,
+    pub key_name: String,
+    pub fields: KeyFields,
+    pub created_by: Option<String>,
+}
+
 /// Limits and attributes shared by key creation and update.
 #[derive(Debug, Clone, Default)]
 pub struct KeyFields {
@@ -203,6 +219,239 @@ pub struct UsageFilter {
     pub start: Option<DateTime<Utc>>,
     pub end: Option<DateTime<Utc>>,
     pub limit: u64,
+}
+
+impl VirtualKey {
+    /// True when `hash` is this key's previous secret and its grace period is still
+    /// running at `now` (checked on every resolution, cached or not).
+    pub fn in_grace(&self, hash: &str, now: DateTime<Utc>) -> bool {
+        self.previous_key_hash.as_deref() == Some(hash) && self.grace_until.is_some_and(|t| t > now)
+    }
+
+    /// Every hash a cache may hold this key under: the current one and, during a grace
+    /// period, the previous one.
+    pub fn hashes(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.key_hash.as_str()).chain(self.previous_key_hash.as_deref())
+    }
+}
+
+/// A management change to record: who made it and which action it is. The store writes
+/// the audit row (with the object before and after) in the change's own transaction.
+#[derive(Debug, Clone)]
+pub struct Audit {
+    /// `master_key`, `jwt:<user_id>` or `system:auto_register`.
+    pub actor: String,
+    pub action: AuditAction,
+    /// The `X-Request-ID` of the request that caused the change.
+    pub request_id: Option<String>,
+}
+
+impl Audit {
+    pub fn new(actor: impl Into<String>, action: AuditAction) -> Self {
+        let id = crate::request_id::current_request_id();
+        Self {
+            actor: actor.into(),
+            action,
+            // Outside a request (a background job) there is no request id.
+            request_id: (&*id != "-").then(|| id.to_string()),
+        }
+    }
+
+    /// The same actor and request, another action (one request, several changes).
+    pub fn with(&self, action: AuditAction) -> Self {
+        Self {
+            action,
+            ..self.clone()
+        }
+    }
+}
+
+/// The actions the audit log records (SPEC §4.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+pub enum AuditAction {
+    #[serde(rename = "key.generate")]
+    KeyGenerate,
+    #[serde(rename = "key.update")]
+    KeyUpdate,
+    #[serde(rename = "key.delete")]
+    KeyDelete,
+    #[serde(rename = "key.block")]
+    KeyBlock,
+    #[serde(rename = "key.unblock")]
+    KeyUnblock,
+    #[serde(rename = "key.regenerate")]
+    KeyRegenerate,
+    #[serde(rename = "team.new")]
+    TeamNew,
+    #[serde(rename = "team.update")]
+    TeamUpdate,
+    #[serde(rename = "team.delete")]
+    TeamDelete,
+    #[serde(rename = "mapping.new")]
+    MappingNew,
+    #[serde(rename = "mapping.update")]
+    MappingUpdate,
+    #[serde(rename = "mapping.delete")]
+    MappingDelete,
+    #[serde(rename = "upstream.drain")]
+    UpstreamDrain,
+    #[serde(rename = "upstream.undrain")]
+    UpstreamUndrain,
+}
+
+impl AuditAction {
+    pub const ALL: [AuditAction; 14] = [
+        Self::KeyGenerate,
+        Self::KeyUpdate,
+        Self::KeyDelete,
+        Self::KeyBlock,
+        Self::KeyUnblock,
+        Self::KeyRegenerate,
+        Self::TeamNew,
+        Self::TeamUpdate,
+        Self::TeamDelete,
+        Self::MappingNew,
+        Self::MappingUpdate,
+        Self::MappingDelete,
+        Self::UpstreamDrain,
+        Self::UpstreamUndrain,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::KeyGenerate => "key.generate",
+            Self::KeyUpdate => "key.update",
+            Self::KeyDelete => "key.delete",
+            Self::KeyBlock => "key.block",
+            Self::KeyUnblock => "key.unblock",
+            Self::KeyRegenerate => "key.regenerate",
+            Self::TeamNew => "team.new",
+            Self::TeamUpdate => "team.update",
+            Self::TeamDelete => "team.delete",
+            Self::MappingNew => "mapping.new",
+            Self::MappingUpdate => "mapping.update",
+            Self::MappingDelete => "mapping.delete",
+            Self::UpstreamDrain => "upstream.drain",
+            Self::UpstreamUndrain => "upstream.undrain",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == text)
+    }
+
+    /// The kind of object the action changes.
+    pub fn object_type(self) -> AuditObject {
+        match self {
+            Self::KeyGenerate
+            | Self::KeyUpdate
+            | Self::KeyDelete
+            | Self::KeyBlock
+            | Self::KeyUnblock
+            | Self::KeyRegenerate => AuditObject::Key,
+            Self::TeamNew | Self::TeamUpdate | Self::TeamDelete => AuditObject::Team,
+            Self::MappingNew | Self::MappingUpdate | Self::MappingDelete => AuditObject::Mapping,
+            Self::UpstreamDrain | Self::UpstreamUndrain => AuditObject::Upstream,
+        }
+    }
+}
+
+/// What an audit row's object is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditObject {
+    Key,
+    Team,
+    Mapping,
+    Upstream,
+}
+
+impl AuditObject {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Key => "key",
+            Self::Team => "team",
+            Self::Mapping => "mapping",
+            Self::Upstream => "upstream",
+        }
+    }
+}
+
+/// One audit row as `/audit/logs` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct AuditEntry {
+    pub id: String,
+    pub at: DateTime<Utc>,
+    /// `master_key`, `jwt:<user_id>` or `system:auto_register`.
+    pub actor: String,
+    pub action: AuditAction,
+    pub object_type: AuditObject,
+    pub object_id: String,
+    /// The team the object belongs to (null for none, and for servers).
+    pub team_id: Option<String>,
+    /// The object before the change as the API shows it; null for a create.
+    #[schema(value_type = Option<Object>)]
+    pub before: Option<serde_json::Value>,
+    /// The object after the change as the API shows it; null for a delete.
+    #[schema(value_type = Option<Object>)]
+    pub after: Option<serde_json::Value>,
+    /// The `X-Request-ID` of the request that made the change.
+    pub request_id: Option<String>,
+}
+
+impl AuditEntry {
+    /// A row for a change to `object_id` (its team, if any) from `before` to `after`.
+    pub fn of<T: Serialize>(
+        audit: &Audit,
+        object_id: &str,
+        team_id: Option<&str>,
+        before: Option<&T>,
+        after: Option<&T>,
+    ) -> Self {
+        let json = |v: Option<&T>| v.and_then(|v| serde_json::to_value(v).ok());
+        Self {
+            id: uuid::Uuid::now_v7().to_string(),
+            at: Utc::now(),
+            actor: audit.actor.clone(),
+            action: audit.action,
+            object_type: audit.action.object_type(),
+            object_id: object_id.to_string(),
+            team_id: team_id.map(str::to_string),
+            before: json(before),
+            after: json(after),
+            request_id: audit.request_id.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub object_type: Option<AuditObject>,
+    pub object_id: Option<String>,
+    pub actor: Option<String>,
+    /// Only rows of this team (team admins' view).
+    pub team_id: Option<String>,
+    pub start: Option<DateTime<Utc>>,
+    pub end: Option<DateTime<Utc>>,
+    /// Rows per page, and the 1-based page.
+    pub limit: u64,
+    pub page: u64,
+}
+
+/// The tables the retention job (SPEC §13) trims.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetainedTable {
+    Usage,
+    Audit,
+}
+
+impl RetainedTable {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Usage => "usage",
+            Self::Audit => "audit",
+        }
+    }
 }
 
 /// A key or team whose budget period was just reset.
@@ -336,9 +585,17 @@ impl From<entity::virtual_key::Model> for VirtualKey {
         let tpm_limit = record.limit("tpm_limit", m.tpm_limit);
         let rpm_limit = record.limit("rpm_limit", m.rpm_limit);
         let max_parallel_requests = record.limit("max_parallel_requests", m.max_parallel_requests);
+        // A grace period that has ended is no grace period: the old hash is left in the
+        // row (harmless, it no longer resolves) and overwritten by the next regeneration.
+        let (previous_key_hash, grace_until) = match (m.previous_key_hash, m.grace_until) {
+            (Some(hash), Some(until)) if until > Utc::now() => (Some(hash), Some(until)),
+            _ => (None, None),
+        };
         Self {
             key_id: m.id,
             key_hash: m.key_hash,
+            previous_key_hash,
+            grace_until,
             key_name: m.key_name,
             key_alias: m.key_alias,
             team_id: m.team_id,
@@ -418,6 +675,37 @@ impl From<entity::jwt_key_mapping::Model> for Mapping {
     }
 }
 
+impl From<entity::audit_log::Model> for AuditEntry {
+    fn from(m: entity::audit_log::Model) -> Self {
+        let object_type = match m.object_type.as_str() {
+            "team" => AuditObject::Team,
+            "mapping" => AuditObject::Mapping,
+            "upstream" => AuditObject::Upstream,
+            _ => AuditObject::Key,
+        };
+        let json = |v: Option<String>| v.and_then(|t| serde_json::from_str(&t).ok());
+        Self {
+            // Only this code writes the column; an unknown action reads as the object's
+            // update rather than failing the whole listing.
+            action: AuditAction::parse(&m.action).unwrap_or(match object_type {
+                AuditObject::Key => AuditAction::KeyUpdate,
+                AuditObject::Team => AuditAction::TeamUpdate,
+                AuditObject::Mapping => AuditAction::MappingUpdate,
+                AuditObject::Upstream => AuditAction::UpstreamDrain,
+            }),
+            id: m.id,
+            at: m.at,
+            actor: m.actor,
+            object_type,
+            object_id: m.object_id,
+            team_id: m.team_id,
+            before: json(m.before),
+            after: json(m.after),
+            request_id: m.request_id,
+        }
+    }
+}
+
 impl From<entity::usage_log::Model> for UsageRow {
     fn from(m: entity::usage_log::Model) -> Self {
         Self {
@@ -437,5 +725,90 @@ impl From<entity::usage_log::Model> for UsageRow {
             duration_ms: u64::try_from(m.duration_ms).unwrap_or(0),
             server: m.server,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key_with_grace(previous: Option<&str>, until: Option<DateTime<Utc>>) -> VirtualKey {
+        let now = Utc::now();
+        VirtualKey {
+            key_id: "k".into(),
+            key_hash: "new".into(),
+            previous_key_hash: previous.map(str::to_string),
+            grace_until: until,
+            key_name: "sk-…0000".into(),
+            key_alias: None,
+            team_id: None,
+            user_id: None,
+            org_id: None,
+            models: vec![],
+            allowed_routes: vec![],
+            unreadable: Unreadable::default(),
+            max_budget: None,
+            budget_duration: None,
+            budget_reset_at: None,
+            spend: 0.0,
+            tpm_limit: None,
+            rpm_limit: None,
+            max_parallel_requests: None,
+            expires: None,
+            blocked: false,
+            metadata: serde_json::json!({}),
+            created_by: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    #[test]
+    fn grace_holds_strictly_before_its_deadline_and_for_the_previous_hash_only() {
+        let until = Utc::now();
+        let key = key_with_grace(Some("old"), Some(until));
+        let before = until - chrono::Duration::milliseconds(1);
+        assert!(key.in_grace("old", before));
+        assert!(!key.in_grace("old", until), "ends at grace_until");
+        assert!(
+            !key.in_grace("new", before),
+            "the current hash is not a grace hash"
+        );
+        assert!(!key.in_grace("other", before));
+        assert!(!key_with_grace(None, Some(until)).in_grace("old", before));
+        assert_eq!(key.hashes().collect::<Vec<_>>(), ["new", "old"]);
+        assert_eq!(
+            key_with_grace(None, None).hashes().collect::<Vec<_>>(),
+            ["new"]
+        );
+    }
+
+    #[test]
+    fn audit_actions_round_trip_and_name_their_object() {
+        for action in AuditAction::ALL {
+            assert_eq!(AuditAction::parse(action.as_str()), Some(action));
+            let json = serde_json::to_value(action).expect("serializes");
+            assert_eq!(json, action.as_str());
+            let prefix = action.as_str().split('.').next().unwrap_or_default();
+            assert_eq!(action.object_type().as_str(), prefix);
+        }
+        assert_eq!(AuditAction::parse("key.explode"), None);
+    }
+
+    #[test]
+    fn an_audit_row_never_carries_a_key_hash() {
+        let key = key_with_grace(Some("previoushash"), Some(Utc::now()));
+        let audit = Audit {
+            actor: "master_key".into(),
+            action: AuditAction::KeyRegenerate,
+            request_id: Some("r".into()),
+        };
+        let entry = AuditEntry::of(&audit, "k", None, Some(&key), Some(&key));
+        let text = serde_json::to_string(&entry).expect("serializes");
+        assert!(
+            !text.contains("previoushash") && !text.contains("\"new\""),
+            "{text}"
+        );
+        assert_eq!(entry.object_type, AuditObject::Key);
     }
 }

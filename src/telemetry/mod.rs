@@ -29,6 +29,11 @@ pub const UPSTREAM_IN_FLIGHT: &str = "tollgate_upstream_in_flight";
 pub const QUEUE_DEPTH: &str = "tollgate_queue_depth";
 pub const QUEUE_WAIT_SECONDS: &str = "tollgate_queue_wait_seconds";
 pub const QUEUE_TIMEOUTS: &str = "tollgate_queue_timeouts_total";
+/// Rows the retention job deleted, by `table` (`usage`, `audit`) (SPEC §13).
+pub const RETENTION_DELETED: &str = "tollgate_retention_deleted_rows_total";
+/// Retention runs, by `outcome` (`ran`, `skipped` — another instance held the lock —
+/// or `failed`).
+pub const RETENTION_RUNS: &str = "tollgate_retention_runs_total";
 
 /// The queue's depth now (SPEC §12).
 pub fn queue_depth(depth: usize) {

@@ -664,6 +664,11 @@ impl Fleet {
     }
 
     /// Stops or resumes routing new requests to a server. Returns false if unknown.
+    /// Whether an operator has drained the server (whatever its health says).
+    pub fn is_draining(&self, server: usize) -> bool {
+        self.lock().servers.get(server).is_some_and(|s| s.draining)
+    }
+
     pub fn set_draining(&self, server: usize, draining: bool) -> bool {
         let mut state = self.lock();
         let Some(s) = state.servers.get_mut(server) else {

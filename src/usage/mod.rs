@@ -12,9 +12,11 @@
 
 mod budget;
 pub mod feed;
+pub mod retention;
 
 pub use budget::BudgetResets;
 pub use feed::{EventFeed, RequestEvent};
+pub use retention::Retention;
 
 use std::sync::Arc;
 use std::time::Duration;

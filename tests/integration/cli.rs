@@ -193,6 +193,7 @@ async fn migrate_twice_on(backend: Backend) {
     migrate(workdir.path(), &text);
     let tables = db.tables().await;
     for t in [
+        "audit_logs",
         "jwt_key_mappings",
         "teams",
         "usage_logs",

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use testkit::ollama::Failure;
 use tollgate::store::{
-    KeyFields, KeyFilter, Mapping, Page, Store, StoreResult, Team, TeamFields, UsageFilter,
+    Audit, KeyFields, KeyFilter, Mapping, Page, Store, StoreResult, Team, TeamFields, UsageFilter,
     UsageRow, VirtualKey,
 };
 
@@ -214,9 +214,10 @@ impl Store for PanickingPing {
         key_name: &str,
         fields: &KeyFields,
         created_by: Option<String>,
+        audit: &Audit,
     ) -> StoreResult<VirtualKey> {
         self.0
-            .insert_key(key_id, key_hash, key_name, fields, created_by)
+            .insert_key(key_id, key_hash, key_name, fields, created_by, audit)
             .await
     }
     async fn key_by_hash(&self, key_hash: &str) -> StoreResult<Option<VirtualKey>> {
@@ -229,19 +230,32 @@ impl Store for PanickingPing {
         &self,
         key_id: &str,
         fields: &KeyFields,
+        audit: &Audit,
     ) -> StoreResult<Option<VirtualKey>> {
-        self.0.update_key(key_id, fields).await
+        self.0.update_key(key_id, fields, audit).await
     }
     async fn rehash_key(
         &self,
         key_id: &str,
         key_hash: &str,
         key_name: &str,
-    ) -> StoreResult<Option<VirtualKey>> {
-        self.0.rehash_key(key_id, key_hash, key_name).await
+        grace_until: Option<chrono::DateTime<chrono::Utc>>,
+        audit: &Audit,
+    ) -> StoreResult<Option<(VirtualKey, VirtualKey)>> {
+        self.0
+            .rehash_key(key_id, key_hash, key_name, grace_until, audit)
+            .await
     }
-    async fn delete_keys(&self, key_ids: &[String]) -> StoreResult<Vec<VirtualKey>> {
-        self.0.delete_keys(key_ids).await
+    async fn delete_keys(&self, key_ids: &[String], audit: &Audit) -> StoreResult<Vec<VirtualKey>> {
+        self.0.delete_keys(key_ids, audit).await
+    }
+    async fn register_key(
+        &self,
+        key: &tollgate::store::NewKey,
+        mapping: &Mapping,
+        audit: &Audit,
+    ) -> StoreResult<VirtualKey> {
+        self.0.register_key(key, mapping, audit).await
     }
     async fn list_keys(
         &self,
@@ -250,17 +264,27 @@ impl Store for PanickingPing {
     ) -> StoreResult<(Vec<VirtualKey>, u64)> {
         self.0.list_keys(filter, page).await
     }
-    async fn insert_team(&self, team_id: &str, fields: &TeamFields) -> StoreResult<Team> {
-        self.0.insert_team(team_id, fields).await
+    async fn insert_team(
+        &self,
+        team_id: &str,
+        fields: &TeamFields,
+        audit: &Audit,
+    ) -> StoreResult<Team> {
+        self.0.insert_team(team_id, fields, audit).await
     }
     async fn team(&self, team_id: &str) -> StoreResult<Option<Team>> {
         self.0.team(team_id).await
     }
-    async fn update_team(&self, team_id: &str, fields: &TeamFields) -> StoreResult<Option<Team>> {
-        self.0.update_team(team_id, fields).await
+    async fn update_team(
+        &self,
+        team_id: &str,
+        fields: &TeamFields,
+        audit: &Audit,
+    ) -> StoreResult<Option<Team>> {
+        self.0.update_team(team_id, fields, audit).await
     }
-    async fn delete_team(&self, team_id: &str) -> StoreResult<Option<Vec<String>>> {
-        self.0.delete_team(team_id).await
+    async fn delete_team(&self, team_id: &str, audit: &Audit) -> StoreResult<Option<Vec<String>>> {
+        self.0.delete_team(team_id, audit).await
     }
     async fn team_key_count(&self, team_id: &str) -> StoreResult<u64> {
         self.0.team_key_count(team_id).await
@@ -268,8 +292,8 @@ impl Store for PanickingPing {
     async fn list_teams(&self, page: Page) -> StoreResult<(Vec<Team>, u64)> {
         self.0.list_teams(page).await
     }
-    async fn insert_mapping(&self, mapping: &Mapping) -> StoreResult<Mapping> {
-        self.0.insert_mapping(mapping).await
+    async fn insert_mapping(&self, mapping: &Mapping, audit: &Audit) -> StoreResult<Mapping> {
+        self.0.insert_mapping(mapping, audit).await
     }
     async fn mapping(&self, id: &str) -> StoreResult<Option<Mapping>> {
         self.0.mapping(id).await
@@ -282,17 +306,18 @@ impl Store for PanickingPing {
     ) -> StoreResult<Vec<Mapping>> {
         self.0.find_mappings(issuer, claim, value).await
     }
-    async fn update_mapping(&self, mapping: &Mapping) -> StoreResult<Option<Mapping>> {
-        self.0.update_mapping(mapping).await
+    async fn update_mapping(
+        &self,
+        mapping: &Mapping,
+        audit: &Audit,
+    ) -> StoreResult<Option<Mapping>> {
+        self.0.update_mapping(mapping, audit).await
     }
-    async fn delete_mapping(&self, id: &str) -> StoreResult<Option<Mapping>> {
-        self.0.delete_mapping(id).await
+    async fn delete_mapping(&self, id: &str, audit: &Audit) -> StoreResult<Option<Mapping>> {
+        self.0.delete_mapping(id, audit).await
     }
     async fn list_mappings(&self, page: Page) -> StoreResult<(Vec<Mapping>, u64)> {
         self.0.list_mappings(page).await
-    }
-    async fn record_usage(&self, rows: &[UsageRow]) -> StoreResult<()> {
-        self.0.record_usage(rows).await
     }
     async fn reset_budgets(
         &self,
@@ -300,8 +325,31 @@ impl Store for PanickingPing {
     ) -> StoreResult<Vec<tollgate::store::BudgetReset>> {
         self.0.reset_budgets(now).await
     }
+    async fn record_usage(&self, rows: &[UsageRow]) -> StoreResult<()> {
+        self.0.record_usage(rows).await
+    }
     async fn spend_logs(&self, filter: &UsageFilter) -> StoreResult<Vec<UsageRow>> {
         self.0.spend_logs(filter).await
+    }
+    async fn record_audit(&self, entry: &tollgate::store::AuditEntry) -> StoreResult<()> {
+        self.0.record_audit(entry).await
+    }
+    async fn audit_logs(
+        &self,
+        filter: &tollgate::store::AuditFilter,
+    ) -> StoreResult<Vec<tollgate::store::AuditEntry>> {
+        self.0.audit_logs(filter).await
+    }
+    async fn purge(
+        &self,
+        table: tollgate::store::RetainedTable,
+        before: chrono::DateTime<chrono::Utc>,
+        max_rows: u64,
+    ) -> StoreResult<u64> {
+        self.0.purge(table, before, max_rows).await
+    }
+    async fn try_job_lock(&self, job: &str) -> StoreResult<Option<tollgate::store::JobLock>> {
+        self.0.try_job_lock(job).await
     }
 }
 

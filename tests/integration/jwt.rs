@@ -717,19 +717,22 @@ async fn a_stale_sentinel_never_blocks_auto_registration() {
     let at = chrono::Utc::now();
     app.app
         .store
-        .insert_mapping(&tollgate::store::Mapping {
-            id: uuid::Uuid::new_v4().to_string(),
-            jwt_claim_name: CLAIM.into(),
-            jwt_claim_value: "s@corp.example".into(),
-            jwt_issuer: iss.clone(),
-            key_id: key_id.clone(),
-            description: None,
-            is_active: true,
-            created_at: at,
-            updated_at: at,
-            created_by: None,
-            updated_by: None,
-        })
+        .insert_mapping(
+            &tollgate::store::Mapping {
+                id: uuid::Uuid::new_v4().to_string(),
+                jwt_claim_name: CLAIM.into(),
+                jwt_claim_value: "s@corp.example".into(),
+                jwt_issuer: iss.clone(),
+                key_id: key_id.clone(),
+                description: None,
+                is_active: true,
+                created_at: at,
+                updated_at: at,
+                created_by: None,
+                updated_by: None,
+            },
+            &crate::support::audit(),
+        )
         .await
         .expect("insert a mapping behind the cache");
     let jwt = token_for(&idp, "u-s", "s@corp.example");

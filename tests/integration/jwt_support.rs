@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use testkit::idp::MockIdp;
 use tollgate::config::{Config, ProviderConfig, UnregisteredPolicy};
 use tollgate::store::{
-    KeyFields, KeyFilter, Mapping, Page, Store, StoreResult, Team, TeamFields, UsageFilter,
+    Audit, KeyFields, KeyFilter, Mapping, Page, Store, StoreResult, Team, TeamFields, UsageFilter,
     UsageRow, VirtualKey,
 };
 
@@ -197,10 +197,11 @@ impl Store for CountingStore {
         key_name: &str,
         fields: &KeyFields,
         created_by: Option<String>,
+        audit: &Audit,
     ) -> StoreResult<VirtualKey> {
         self.lookups.inserted_keys.fetch_add(1, Ordering::SeqCst);
         self.inner
-            .insert_key(key_id, key_hash, key_name, fields, created_by)
+            .insert_key(key_id, key_hash, key_name, fields, created_by, audit)
             .await
     }
     async fn key_by_hash(&self, key_hash: &str) -> StoreResult<Option<VirtualKey>> {
@@ -213,19 +214,33 @@ impl Store for CountingStore {
         &self,
         key_id: &str,
         fields: &KeyFields,
+        audit: &Audit,
     ) -> StoreResult<Option<VirtualKey>> {
-        self.inner.update_key(key_id, fields).await
+        self.inner.update_key(key_id, fields, audit).await
     }
     async fn rehash_key(
         &self,
         key_id: &str,
         key_hash: &str,
         key_name: &str,
-    ) -> StoreResult<Option<VirtualKey>> {
-        self.inner.rehash_key(key_id, key_hash, key_name).await
+        grace_until: Option<chrono::DateTime<chrono::Utc>>,
+        audit: &Audit,
+    ) -> StoreResult<Option<(VirtualKey, VirtualKey)>> {
+        self.inner
+            .rehash_key(key_id, key_hash, key_name, grace_until, audit)
+            .await
     }
-    async fn delete_keys(&self, key_ids: &[String]) -> StoreResult<Vec<VirtualKey>> {
-        self.inner.delete_keys(key_ids).await
+    async fn delete_keys(&self, key_ids: &[String], audit: &Audit) -> StoreResult<Vec<VirtualKey>> {
+        self.inner.delete_keys(key_ids, audit).await
+    }
+    async fn register_key(
+        &self,
+        key: &tollgate::store::NewKey,
+        mapping: &Mapping,
+        audit: &Audit,
+    ) -> StoreResult<VirtualKey> {
+        self.lookups.inserted_keys.fetch_add(1, Ordering::SeqCst);
+        self.inner.register_key(key, mapping, audit).await
     }
     async fn list_keys(
         &self,
@@ -234,17 +249,27 @@ impl Store for CountingStore {
     ) -> StoreResult<(Vec<VirtualKey>, u64)> {
         self.inner.list_keys(filter, page).await
     }
-    async fn insert_team(&self, team_id: &str, fields: &TeamFields) -> StoreResult<Team> {
-        self.inner.insert_team(team_id, fields).await
+    async fn insert_team(
+        &self,
+        team_id: &str,
+        fields: &TeamFields,
+        audit: &Audit,
+    ) -> StoreResult<Team> {
+        self.inner.insert_team(team_id, fields, audit).await
     }
     async fn team(&self, team_id: &str) -> StoreResult<Option<Team>> {
         self.inner.team(team_id).await
     }
-    async fn update_team(&self, team_id: &str, fields: &TeamFields) -> StoreResult<Option<Team>> {
-        self.inner.update_team(team_id, fields).await
+    async fn update_team(
+        &self,
+        team_id: &str,
+        fields: &TeamFields,
+        audit: &Audit,
+    ) -> StoreResult<Option<Team>> {
+        self.inner.update_team(team_id, fields, audit).await
     }
-    async fn delete_team(&self, team_id: &str) -> StoreResult<Option<Vec<String>>> {
-        self.inner.delete_team(team_id).await
+    async fn delete_team(&self, team_id: &str, audit: &Audit) -> StoreResult<Option<Vec<String>>> {
+        self.inner.delete_team(team_id, audit).await
     }
     async fn team_key_count(&self, team_id: &str) -> StoreResult<u64> {
         self.inner.team_key_count(team_id).await
@@ -252,8 +277,8 @@ impl Store for CountingStore {
     async fn list_teams(&self, page: Page) -> StoreResult<(Vec<Team>, u64)> {
         self.inner.list_teams(page).await
     }
-    async fn insert_mapping(&self, mapping: &Mapping) -> StoreResult<Mapping> {
-        self.inner.insert_mapping(mapping).await
+    async fn insert_mapping(&self, mapping: &Mapping, audit: &Audit) -> StoreResult<Mapping> {
+        self.inner.insert_mapping(mapping, audit).await
     }
     async fn mapping(&self, id: &str) -> StoreResult<Option<Mapping>> {
         self.inner.mapping(id).await
@@ -278,17 +303,18 @@ impl Store for CountingStore {
         }
         found
     }
-    async fn update_mapping(&self, mapping: &Mapping) -> StoreResult<Option<Mapping>> {
-        self.inner.update_mapping(mapping).await
+    async fn update_mapping(
+        &self,
+        mapping: &Mapping,
+        audit: &Audit,
+    ) -> StoreResult<Option<Mapping>> {
+        self.inner.update_mapping(mapping, audit).await
     }
-    async fn delete_mapping(&self, id: &str) -> StoreResult<Option<Mapping>> {
-        self.inner.delete_mapping(id).await
+    async fn delete_mapping(&self, id: &str, audit: &Audit) -> StoreResult<Option<Mapping>> {
+        self.inner.delete_mapping(id, audit).await
     }
     async fn list_mappings(&self, page: Page) -> StoreResult<(Vec<Mapping>, u64)> {
         self.inner.list_mappings(page).await
-    }
-    async fn record_usage(&self, rows: &[UsageRow]) -> StoreResult<()> {
-        self.inner.record_usage(rows).await
     }
     async fn reset_budgets(
         &self,
@@ -296,8 +322,31 @@ impl Store for CountingStore {
     ) -> StoreResult<Vec<tollgate::store::BudgetReset>> {
         self.inner.reset_budgets(now).await
     }
+    async fn record_usage(&self, rows: &[UsageRow]) -> StoreResult<()> {
+        self.inner.record_usage(rows).await
+    }
     async fn spend_logs(&self, filter: &UsageFilter) -> StoreResult<Vec<UsageRow>> {
         self.inner.spend_logs(filter).await
+    }
+    async fn record_audit(&self, entry: &tollgate::store::AuditEntry) -> StoreResult<()> {
+        self.inner.record_audit(entry).await
+    }
+    async fn audit_logs(
+        &self,
+        filter: &tollgate::store::AuditFilter,
+    ) -> StoreResult<Vec<tollgate::store::AuditEntry>> {
+        self.inner.audit_logs(filter).await
+    }
+    async fn purge(
+        &self,
+        table: tollgate::store::RetainedTable,
+        before: chrono::DateTime<chrono::Utc>,
+        max_rows: u64,
+    ) -> StoreResult<u64> {
+        self.inner.purge(table, before, max_rows).await
+    }
+    async fn try_job_lock(&self, job: &str) -> StoreResult<Option<tollgate::store::JobLock>> {
+        self.inner.try_job_lock(job).await
     }
 }
 

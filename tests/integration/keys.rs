@@ -455,7 +455,7 @@ backend_tests! {
         let stored = app.app.store.key_by_id(&k.key_id).await.expect("store").expect("the key");
         let mut fields = fields_of(&stored);
         fields.expires = Some(past);
-        app.app.store.update_key(&k.key_id, &fields).await.expect("update").expect("the key");
+        app.app.store.update_key(&k.key_id, &fields, &crate::support::audit()).await.expect("update").expect("the key");
         app.app.keys.invalidate_key(&hash_secret(&k.key)).await;
         assert_error(chat_with(app, &k.key, "llama3.1:8b").await, 401, "key_expired").await;
 

@@ -591,6 +591,7 @@ async fn concurrent_budget_resets_reset_each_row_once() {
                     metadata: json!({}),
                     ..Default::default()
                 },
+                &crate::support::audit(),
             )
             .await
             .expect("insert a team");
@@ -610,6 +611,7 @@ async fn concurrent_budget_resets_reset_each_row_once() {
                     ..Default::default()
                 },
                 None,
+                &crate::support::audit(),
             )
             .await
             .expect("insert a key");

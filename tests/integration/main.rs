@@ -18,6 +18,7 @@
 #[macro_use]
 mod support;
 
+mod audit;
 mod browser;
 mod cli;
 mod clients;
@@ -38,6 +39,8 @@ mod model_policy;
 mod openapi;
 mod proxy;
 mod queue;
+mod retention;
+mod rotation;
 mod slots_shared;
 mod storage;
 mod teams;

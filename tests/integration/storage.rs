@@ -10,7 +10,13 @@ use tollgate::store::{
 
 use super::support::*;
 
-const TABLES: [&str; 4] = ["jwt_key_mappings", "teams", "usage_logs", "virtual_keys"];
+const TABLES: [&str; 5] = [
+    "audit_logs",
+    "jwt_key_mappings",
+    "teams",
+    "usage_logs",
+    "virtual_keys",
+];
 
 fn mapping(id: &str, key_id: &str, issuer: &str, claim: &str, value: &str) -> Mapping {
     let now = Utc::now();
@@ -59,7 +65,7 @@ fn close(a: f64, b: f64) -> bool {
 }
 
 backend_tests! {
-    /// The migrations create the four tables (and sea-orm's bookkeeping); running them
+    /// The migrations create the five tables (and sea-orm's bookkeeping); running them
     /// again is a no-op.
     async fn migrations_create_the_tables(app) {
         let tables = app.db.tables().await;
@@ -72,6 +78,24 @@ backend_tests! {
         tollgate::store::migrate(&db).await.expect("third migration run");
         assert_eq!(app.db.count("seaql_migrations").await, crate::support::migrations());
         assert_eq!(tollgate::store::is_postgres(&db), app.backend == Backend::Postgres);
+        drop(db.close().await);
+    }
+
+    /// The latest migration (grace columns, the audit table) rolls back and applies
+    /// again cleanly.
+    async fn the_governance_migration_rolls_back(app) {
+        use migration::MigratorTrait;
+        let db = app.db.connect().await;
+        migration::Migrator::down(&db, Some(1)).await.expect("roll back one migration");
+        assert!(!app.db.tables().await.iter().any(|t| t == "audit_logs"));
+        assert_eq!(app.db.count("seaql_migrations").await, crate::support::migrations() - 1);
+        tollgate::store::migrate(&db).await.expect("apply it again");
+        assert!(app.db.tables().await.iter().any(|t| t == "audit_logs"));
+        let (plain, key) = app.create_key(KeyFields::default()).await;
+        assert_eq!(
+            app.app.store.key_by_hash(&tollgate::auth::secrets::hash_secret(&plain)).await.expect("read").map(|k| k.key_id),
+            Some(key.key_id)
+        );
         drop(db.close().await);
     }
 
@@ -131,7 +155,7 @@ backend_tests! {
             metadata: json!({}),
             ..fields.clone()
         };
-        let after = store.update_key(&key.key_id, &updated).await.expect("update").expect("exists");
+        let after = store.update_key(&key.key_id, &updated, &crate::support::audit()).await.expect("update").expect("exists");
         assert!(after.blocked);
         assert_eq!(after.key_alias, None);
         assert!(after.models.is_empty());
@@ -141,11 +165,11 @@ backend_tests! {
         let reread = store.key_by_id(&key.key_id).await.expect("by id").expect("exists");
         assert!(reread.blocked);
         assert_eq!(reread.key_alias, None);
-        assert!(store.update_key("no-such-key", &updated).await.expect("update").is_none());
+        assert!(store.update_key("no-such-key", &updated, &crate::support::audit()).await.expect("update").is_none());
 
         // Rehash swaps the secret, keeps the id.
         let new_hash = "f".repeat(64);
-        let rehashed = store.rehash_key(&key.key_id, &new_hash, "sk-…beef").await.expect("rehash").expect("exists");
+        let (_, rehashed) = store.rehash_key(&key.key_id, &new_hash, "sk-…beef", None, &crate::support::audit()).await.expect("rehash").expect("exists");
         assert_eq!(rehashed.key_id, key.key_id);
         assert!(store.key_by_hash(&key.key_hash).await.expect("lookup").is_none());
         assert_eq!(store.key_by_hash(&new_hash).await.expect("lookup").map(|k| k.key_id), Some(key.key_id.clone()));
@@ -196,13 +220,13 @@ backend_tests! {
         assert_eq!((read.tpm_limit, read.rpm_limit, read.max_parallel_requests), (Some(5000), Some(100), Some(8)));
         assert!(store.team("nobody").await.expect("read").is_none());
 
-        assert!(matches!(store.insert_team("platform", &TeamFields::default()).await, Err(StoreError::Conflict)));
+        assert!(matches!(store.insert_team("platform", &TeamFields::default(), &crate::support::audit()).await, Err(StoreError::Conflict)));
 
         let changed = TeamFields { blocked: true, team_alias: None, ..fields.clone() };
-        let after = store.update_team("platform", &changed).await.expect("update").expect("exists");
+        let after = store.update_team("platform", &changed, &crate::support::audit()).await.expect("update").expect("exists");
         assert!(after.blocked);
         assert_eq!(after.team_alias, None);
-        assert!(store.update_team("nobody", &changed).await.expect("update").is_none());
+        assert!(store.update_team("nobody", &changed, &crate::support::audit()).await.expect("update").is_none());
 
         app.create_team("research", TeamFields::default()).await;
         let (teams, total) = store.list_teams(page(1, 10)).await.expect("list");
@@ -216,14 +240,14 @@ backend_tests! {
         let (_, k2) = app.create_key(team_key.clone()).await;
         let (_, other) = app.create_key(KeyFields { team_id: Some("research".into()), ..KeyFields::default() }).await;
         assert_eq!(store.team_key_count("platform").await.expect("count"), 2);
-        store.insert_mapping(&mapping("m-team", &k1.key_id, "", "email", "a@example.com")).await.expect("mapping");
+        store.insert_mapping(&mapping("m-team", &k1.key_id, "", "email", "a@example.com"), &crate::support::audit()).await.expect("mapping");
 
         // A key for a team that does not exist.
         let orphan = KeyFields { team_id: Some("ghost".into()), ..KeyFields::default() };
-        let refused = store.insert_key("orphan", &"e".repeat(64), "sk-…orph", &orphan, None).await;
+        let refused = store.insert_key("orphan", &"e".repeat(64), "sk-…orph", &orphan, None, &crate::support::audit()).await;
         assert!(matches!(refused, Err(StoreError::MissingReference)), "{refused:?}");
 
-        let mut deleted = store.delete_team("platform").await.expect("delete").expect("existed");
+        let mut deleted = store.delete_team("platform", &crate::support::audit()).await.expect("delete").expect("existed");
         deleted.sort();
         let mut expected = vec![k1.key_id.clone(), k2.key_id.clone()];
         expected.sort();
@@ -232,7 +256,7 @@ backend_tests! {
         assert!(store.key_by_id(&k1.key_id).await.expect("read").is_none());
         assert!(store.mapping("m-team").await.expect("read").is_none());
         assert!(store.key_by_id(&other.key_id).await.expect("read").is_some());
-        assert!(store.delete_team("platform").await.expect("delete").is_none());
+        assert!(store.delete_team("platform", &crate::support::audit()).await.expect("delete").is_none());
     }
 
     /// One mapping per (issuer, claim name, claim value): a duplicate is a conflict; a
@@ -242,12 +266,12 @@ backend_tests! {
         let (_, key) = app.create_key(KeyFields::default()).await;
         let (_, other) = app.create_key(KeyFields::default()).await;
         let first = store
-            .insert_mapping(&mapping("m1", &key.key_id, "https://idp.example", "email", "a@example.com"))
+            .insert_mapping(&mapping("m1", &key.key_id, "https://idp.example", "email", "a@example.com"), &crate::support::audit())
             .await
             .expect("first mapping");
         assert_eq!(first.jwt_claim_value, "a@example.com");
         let dup = store
-            .insert_mapping(&mapping("m2", &other.key_id, "https://idp.example", "email", "a@example.com"))
+            .insert_mapping(&mapping("m2", &other.key_id, "https://idp.example", "email", "a@example.com"), &crate::support::audit())
             .await;
         assert!(matches!(dup, Err(StoreError::Conflict)), "{dup:?}");
         for (id, issuer, claim, value) in [
@@ -256,13 +280,13 @@ backend_tests! {
             ("m5", "https://idp.example", "sub", "a@example.com"),
             ("m6", "https://idp.example", "email", "b@example.com"),
         ] {
-            store.insert_mapping(&mapping(id, &key.key_id, issuer, claim, value)).await.expect(id);
+            store.insert_mapping(&mapping(id, &key.key_id, issuer, claim, value), &crate::support::audit()).await.expect(id);
         }
         // Same id twice is a conflict too.
-        let same_id = store.insert_mapping(&mapping("m1", &key.key_id, "x", "y", "z")).await;
+        let same_id = store.insert_mapping(&mapping("m1", &key.key_id, "x", "y", "z"), &crate::support::audit()).await;
         assert!(matches!(same_id, Err(StoreError::Conflict)), "{same_id:?}");
         // A mapping to a key that does not exist.
-        let dangling = store.insert_mapping(&mapping("m7", "no-such-key", "i", "c", "v")).await;
+        let dangling = store.insert_mapping(&mapping("m7", "no-such-key", "i", "c", "v"), &crate::support::audit()).await;
         assert!(matches!(dangling, Err(StoreError::MissingReference)), "{dangling:?}");
 
         // Lookups match the issuer or the any-issuer ("") rows.
@@ -283,14 +307,14 @@ backend_tests! {
         changed.is_active = false;
         changed.description = None;
         changed.updated_by = Some("admin".into());
-        let after = store.update_mapping(&changed).await.expect("update").expect("exists");
+        let after = store.update_mapping(&changed, &crate::support::audit()).await.expect("update").expect("exists");
         assert!(!after.is_active);
         assert_eq!(after.created_by.as_deref(), Some("tests"), "creation facts are kept");
-        assert_eq!(store.delete_mapping("m1").await.expect("delete").map(|m| m.id).as_deref(), Some("m1"));
-        assert!(store.delete_mapping("m1").await.expect("delete").is_none());
+        assert_eq!(store.delete_mapping("m1", &crate::support::audit()).await.expect("delete").map(|m| m.id).as_deref(), Some("m1"));
+        assert!(store.delete_mapping("m1", &crate::support::audit()).await.expect("delete").is_none());
         // The identity is free again.
         store
-            .insert_mapping(&mapping("m8", &other.key_id, "https://idp.example", "email", "a@example.com"))
+            .insert_mapping(&mapping("m8", &other.key_id, "https://idp.example", "email", "a@example.com"), &crate::support::audit())
             .await
             .expect("re-insert after delete");
     }
@@ -301,16 +325,16 @@ backend_tests! {
         let store = &app.app.store;
         let (_, key) = app.create_key(KeyFields::default()).await;
         let (_, keep) = app.create_key(KeyFields::default()).await;
-        store.insert_mapping(&mapping("a", &key.key_id, "", "email", "a@x")).await.expect("a");
-        store.insert_mapping(&mapping("b", &key.key_id, "", "sub", "123")).await.expect("b");
-        store.insert_mapping(&mapping("c", &keep.key_id, "", "email", "c@x")).await.expect("c");
-        let deleted = store.delete_keys(&[key.key_id.clone(), "no-such-key".into()]).await.expect("delete");
+        store.insert_mapping(&mapping("a", &key.key_id, "", "email", "a@x"), &crate::support::audit()).await.expect("a");
+        store.insert_mapping(&mapping("b", &key.key_id, "", "sub", "123"), &crate::support::audit()).await.expect("b");
+        store.insert_mapping(&mapping("c", &keep.key_id, "", "email", "c@x"), &crate::support::audit()).await.expect("c");
+        let deleted = store.delete_keys(&[key.key_id.clone(), "no-such-key".into()], &crate::support::audit()).await.expect("delete");
         assert_eq!(deleted.iter().map(|k| k.key_id.as_str()).collect::<Vec<_>>(), [key.key_id.as_str()]);
         assert!(store.mapping("a").await.expect("read").is_none());
         assert!(store.mapping("b").await.expect("read").is_none());
         assert!(store.find_mappings("", "email", "a@x").await.expect("find").is_empty());
         assert!(store.mapping("c").await.expect("read").is_some());
-        assert!(store.delete_keys(std::slice::from_ref(&key.key_id)).await.expect("delete").is_empty());
+        assert!(store.delete_keys(std::slice::from_ref(&key.key_id), &crate::support::audit()).await.expect("delete").is_empty());
 
         // The foreign key cascades on its own (raw SQL, no store logic).
         let db = app.db.connect().await;

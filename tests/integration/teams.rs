@@ -96,7 +96,7 @@ async fn mapping_for(app: &TestApp, key_id: &str, value: &str) -> String {
     };
     app.app
         .store
-        .insert_mapping(&mapping)
+        .insert_mapping(&mapping, &crate::support::audit())
         .await
         .expect("insert a mapping")
         .id

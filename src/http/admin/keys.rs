@@ -12,7 +12,9 @@ use crate::auth::Caller;
 use crate::error::AppError;
 use crate::http::extract::{ApiJson, ApiQuery};
 use crate::http::openapi::{BodyTooLarge, ManageErrors, NotFoundError};
-use crate::services::keys::{DeleteKeys, GenerateKey, IssuedKey, KeyRef, ListKeys, UpdateKey};
+use crate::services::keys::{
+    DeleteKeys, GenerateKey, IssuedKey, KeyRef, ListKeys, RegenerateKey, UpdateKey,
+};
 use crate::store::VirtualKey;
 
 /// `POST /key/delete`: the ids of the deleted keys.
@@ -150,10 +152,11 @@ pub async fn list(
     }))
 }
 
-/// Replaces a key's secret; `key_id`, limits and spend stay.
+/// Replaces a key's secret; `key_id`, limits and spend stay. With `grace_period` the
+/// replaced secret keeps working until `grace_until`.
 #[utoipa::path(
     post, path = "/key/regenerate", tag = "keys",
-    request_body = KeyRef,
+    request_body = RegenerateKey,
     responses(
         (status = 200, description = "The key, with its new plaintext `key`", body = IssuedKey),
         ManageErrors, BodyTooLarge, NotFoundError,
@@ -163,7 +166,7 @@ pub async fn list(
 pub async fn regenerate(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
-    ApiJson(req): ApiJson<KeyRef>,
+    ApiJson(req): ApiJson<RegenerateKey>,
 ) -> Result<Json<IssuedKey>, AppError> {
     app.key_service
         .for_caller(&caller)

@@ -3,6 +3,7 @@
 //! in [`routes`] with the capability it demands and registered through the
 //! [`gated`](super::gate::gated) gate: a route without one cannot be registered.
 
+mod audit;
 mod keys;
 mod mappings;
 mod spend;
@@ -43,6 +44,7 @@ pub(crate) fn routes() -> Vec<(Capability, UtoipaMethodRouter<Arc<App>>)> {
         (MappingRead, routes!(mappings::info)),
         (MappingRead, routes!(mappings::list)),
         (SpendRead, routes!(spend::logs)),
+        (AuditRead, routes!(audit::logs)),
         (UpstreamRead, routes!(upstream::status)),
         (UpstreamWrite, routes!(upstream::drain)),
         (UpstreamWrite, routes!(upstream::undrain)),

@@ -47,6 +47,7 @@ pub async fn drain(
 ) -> Result<Json<ServerStatus>, AppError> {
     app.upstream_service
         .set_draining(&caller, &req.name, true)
+        .await
         .map(Json)
 }
 
@@ -67,5 +68,6 @@ pub async fn undrain(
 ) -> Result<Json<ServerStatus>, AppError> {
     app.upstream_service
         .set_draining(&caller, &req.name, false)
+        .await
         .map(Json)
 }

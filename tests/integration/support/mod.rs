@@ -76,6 +76,11 @@ pub fn migrations() -> i64 {
     i64::try_from(migration::Migrator::migrations().len()).expect("a few migrations")
 }
 
+/// The audit record of a change a test writes straight to the store.
+pub fn audit() -> tollgate::store::Audit {
+    tollgate::store::Audit::new("test", tollgate::store::AuditAction::KeyUpdate)
+}
+
 pub fn skip(reason: &str) {
     eprintln!("skipped: {reason}");
 }
@@ -604,6 +609,7 @@ impl TestApp {
                 &secrets::display_name(&plain),
                 &fields,
                 None,
+                &audit(),
             )
             .await
             .expect("insert a key");
@@ -614,7 +620,7 @@ impl TestApp {
     pub async fn create_team(&self, team_id: &str, fields: TeamFields) -> Team {
         self.app
             .store
-            .insert_team(team_id, &fields)
+            .insert_team(team_id, &fields, &audit())
             .await
             .expect("insert a team")
     }

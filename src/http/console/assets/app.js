@@ -24,6 +24,7 @@
     keys: { page: 1, team: "", rows: [], pages: 1, total: 0 },
     teamPage: { page: 1, rows: [] },
     mappings: { page: 1, rows: [], pages: 1, total: 0 },
+    audit: { page: 1, rows: [], type: "", object: "", actor: "" },
     spend: { rows: [], buckets: [], bucketMs: 0 },
     live: {
       socket: null,
@@ -282,7 +283,7 @@
     $("who").textContent = describeCredential(state.token);
     await Promise.all([loadTeams(), loadKeyIndex()]).catch(showError);
     const wanted = (location.hash || "").slice(1);
-    show(["keys", "teams", "mappings", "spend", "servers", "live"].includes(wanted) ? wanted : "keys");
+    show(Object.prototype.hasOwnProperty.call(loaders, wanted) ? wanted : "keys");
     startFeed();
   }
 
@@ -294,6 +295,7 @@
     mappings: () => loadMappings(),
     spend: () => loadSpend(),
     servers: () => loadServers(),
+    audit: () => loadAudit(),
     live: () => renderLive(),
   };
 
@@ -408,7 +410,7 @@
         h("td", {}, key.expires
           ? h("span", { title: fmtDateTime(key.expires), text: fmtRelative(key.expires) })
           : h("span", { class: "muted", text: "never" })),
-        h("td", { "data-testid": "key-status" }, keyStatus(key)),
+        h("td", { "data-testid": "key-status" }, keyStatus(key), graceNote(key)),
         h("td", { class: "actions-cell" },
           actionButton("Edit", () => editKey(key)),
           actionButton(key.blocked ? "Unblock" : "Block", () => toggleKey(key)),
@@ -479,11 +481,40 @@
     act(() => api("POST", path, { key_id: key.key_id }), `${key.blocked ? "Unblocked" : "Blocked"} ${keyLabel(key)}.`);
   }
 
+  /** While a rotation's grace period runs: how long the previous plaintext still works. */
+  function graceNote(key) {
+    if (!key.grace_until) return null;
+    const until = new Date(key.grace_until);
+    if (isNaN(until) || until.getTime() <= Date.now()) return null;
+    return h("span", {
+      class: "sub nowrap grace",
+      "data-testid": "key-grace",
+      "data-grace-until": key.grace_until,
+      title: `The previous key works until ${fmtDateTime(key.grace_until)}`,
+      text: `old key works ${fmtRelative(key.grace_until)}`,
+    });
+  }
+
+  const REGENERATE_FIELDS = [
+    {
+      name: "grace_period", label: "Grace period for the current key", type: "text", placeholder: "24h",
+      testid: "regenerate-grace",
+      hint: "How long the current key keeps working beside the new one (e.g. 1h, 24h, 7d), so clients can roll over. Empty: it stops at once. An older key still in its grace period stops at once either way.",
+    },
+  ];
+
   function regenerateKey(key) {
-    if (!confirm(`Regenerate ${keyLabel(key)}?\n\nThe current key stops working at once; its key_id, limits, spend and mappings stay.`)) return;
-    act(async () => {
-      const issued = await api("POST", "/key/regenerate", { key_id: key.key_id });
-      showSecret(`Regenerated ${keyLabel(issued)}`, issued.key);
+    openForm({
+      title: `Regenerate ${keyLabel(key)}`,
+      submit: "Regenerate",
+      fields: REGENERATE_FIELDS,
+      values: {},
+      onSubmit: async (values) => {
+        const issued = await api("POST", "/key/regenerate", compact({ key_id: key.key_id, grace_period: values.grace_period }));
+        const note = issued.grace_until ? ` — the previous key works until ${fmtDateTime(issued.grace_until)}` : "";
+        showSecret(`Regenerated ${keyLabel(issued)}${note}`, issued.key);
+        await loadKeys();
+      },
     });
   }
 
@@ -667,6 +698,88 @@
     }));
   }
 
+  // ------------------------------------------------------------------ audit log
+
+  const AUDIT_OBJECTS = { key: "Key", team: "Team", mapping: "Mapping", upstream: "Server" };
+
+  async function loadAudit() {
+    const a = state.audit;
+    a.rows = await api("GET", "/audit/logs" + qs({
+      object_type: a.type,
+      object_id: a.object,
+      actor: a.actor,
+      limit: PAGE_SIZE,
+      page: a.page,
+    }));
+    renderAudit();
+  }
+
+  /** One side of a change: every field, those that differ from the other side marked
+   *  (`changed`); the others (`same`) show once the row is expanded. */
+  function auditObject(value, other, testid) {
+    if (value === null || value === undefined) {
+      return h("div", { class: "audit-obj none", "data-testid": testid, text: "—" });
+    }
+    const fields = Object.entries(value).map(([name, v]) => {
+      const differs = !other || JSON.stringify(v) !== JSON.stringify(other[name]);
+      return h("div", { class: !other ? "kv" : differs ? "kv changed" : "kv same" },
+        h("span", { class: "k", text: name }),
+        h("span", { class: "v mono", text: v === null ? "null" : typeof v === "object" ? JSON.stringify(v) : String(v) }));
+    });
+    return h("div", { class: "audit-obj", "data-testid": testid }, fields);
+  }
+
+  function auditObjectCell(row) {
+    const known = row.object_type === "key" ? state.keyIndex.get(row.object_id) : null;
+    return h("div", {},
+      h("span", { class: "title", text: AUDIT_OBJECTS[row.object_type] || row.object_type }),
+      h("button", {
+        type: "button", class: "link sub mono", title: "Show this object's changes only", "data-testid": "audit-object",
+        text: known ? keyLabel(known) : row.object_id,
+        onclick: () => {
+          state.audit.type = row.object_type;
+          state.audit.object = row.object_id;
+          state.audit.page = 1;
+          $("audit-type").value = row.object_type;
+          $("audit-object").value = row.object_id;
+          loadAudit().catch(showError);
+        },
+      }),
+      row.team_id ? h("span", { class: "sub", text: `team ${teamLabel(row.team_id)}` }) : null,
+      row.before && row.after ? h("button", {
+        type: "button", class: "link sub", "data-testid": "audit-toggle-fields", text: "Show all fields",
+        onclick: (event) => {
+          const tr = event.target.closest("tr");
+          const expanded = tr.classList.toggle("expanded");
+          event.target.textContent = expanded ? "Changed fields only" : "Show all fields";
+        },
+      }) : null);
+  }
+
+  function renderAudit() {
+    const a = state.audit;
+    const tbody = $("audit-body");
+    if (!a.rows.length) {
+      emptyRow(tbody, 6, a.page > 1 ? "No more changes." : "No changes recorded for this filter.");
+    } else {
+      tbody.replaceChildren(...a.rows.map((row) => h("tr", {
+        "data-testid": "audit-row", "data-action": row.action, "data-object-id": row.object_id, "data-id": row.id,
+      },
+        h("td", { class: "nowrap" },
+          h("span", { title: row.at, text: fmtDateTime(row.at) }),
+          row.request_id ? h("span", { class: "sub mono", title: "X-Request-ID", text: shortId(row.request_id) }) : null),
+        h("td", { class: "mono", "data-testid": "audit-actor", text: row.actor }),
+        h("td", {}, h("span", { class: "chip", "data-testid": "audit-action", text: row.action })),
+        h("td", {}, auditObjectCell(row)),
+        h("td", {}, auditObject(row.before, row.after, "audit-before")),
+        h("td", {}, auditObject(row.after, row.before, "audit-after")))));
+    }
+    pager($("audit-pager"), a.page, undefined, undefined, (page) => {
+      a.page = page;
+      loadAudit().catch(showError);
+    }, a.rows.length === PAGE_SIZE);
+  }
+
   // ------------------------------------------------------------------ mappings
 
   async function loadMappings() {
@@ -833,6 +946,7 @@
         input = h("input", { id, type: "text", placeholder: field.placeholder, required: field.required, spellcheck: "false" });
         input.value = value === null || value === undefined ? "" : String(value);
     }
+    if (field.testid) input.setAttribute("data-testid", field.testid);
     const classes = ["field"];
     if (field.type === "bool") classes.push("check");
     if (field.wide || field.type === "json") classes.push("wide");
@@ -1394,6 +1508,16 @@
     $("teams-new").addEventListener("click", newTeam);
     $("teams-refresh").addEventListener("click", () => loadTeamsView().catch(showError));
     $("servers-refresh").addEventListener("click", () => loadServers().catch(showError));
+    $("audit-filters").addEventListener("submit", (event) => {
+      event.preventDefault();
+      const a = state.audit;
+      a.type = $("audit-type").value;
+      a.object = $("audit-object").value.trim();
+      a.actor = $("audit-actor").value.trim();
+      a.page = 1;
+      loadAudit().catch(showError);
+    });
+    $("audit-refresh").addEventListener("click", () => loadAudit().catch(showError));
     $("mappings-new").addEventListener("click", newMapping);
     $("mappings-refresh").addEventListener("click", () => Promise.all([loadKeyIndex(), loadMappings()]).catch(showError));
 
