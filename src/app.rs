@@ -269,6 +269,7 @@ impl App {
             // One server needs no discovery: there is nothing to choose between.
             self.upstream.start_discovery(&spawner);
         }
+        crate::telemetry::start_upkeep(self.metrics.clone(), &spawner);
     }
 
     /// Background tasks still running (0 once [`App::close`] has returned).

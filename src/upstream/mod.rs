@@ -170,6 +170,10 @@ pub struct Upstream {
     fleet: Arc<Fleet>,
     names: Vec<Arc<str>>,
     bases: Vec<String>,
+    /// Per server, registered once: a counter looked up by its labels on every request
+    /// would allocate the label each time.
+    requests: Vec<metrics::Counter>,
+    failures: Vec<metrics::Counter>,
     queue_max_wait: Duration,
     discovery_every: Duration,
     /// Slots shared with the other instances through Redis, and what to do when Redis
@@ -191,6 +195,16 @@ impl Upstream {
         let specs = u.server_specs();
         let names = specs.iter().map(|s| Arc::from(s.name.as_str())).collect();
         let bases = specs.iter().map(|s| s.url.clone()).collect();
+        // The recorder must exist before handles are taken from it.
+        drop(crate::telemetry::metrics_handle());
+        let per_server = |metric: &'static str| -> Vec<metrics::Counter> {
+            specs
+                .iter()
+                .map(|s| metrics::counter!(metric, "server" => s.name.clone()))
+                .collect()
+        };
+        let requests = per_server(crate::telemetry::UPSTREAM_REQUESTS);
+        let failures = per_server(crate::telemetry::UPSTREAM_FAILURES);
         let fleet = Arc::new(Fleet::new(
             specs,
             FleetSettings {
@@ -206,6 +220,8 @@ impl Upstream {
             fleet,
             names,
             bases,
+            requests,
+            failures,
             queue_max_wait: Duration::from_secs(u.queue_max_wait_s),
             discovery_every: Duration::from_secs(u.discovery_interval_s),
             shared: None,
@@ -406,11 +422,11 @@ impl Upstream {
             .body(request.body)
             .send()
             .await;
-        let name = self.names.get(server).map_or("-", |n| &**n);
         metrics::histogram!(crate::telemetry::UPSTREAM_SECONDS, "route" => route)
             .record(started.elapsed().as_secs_f64());
-        metrics::counter!(crate::telemetry::UPSTREAM_REQUESTS, "server" => name.to_string())
-            .increment(1);
+        if let Some(counter) = self.requests.get(server) {
+            counter.increment(1);
+        }
         if let Some(lease) = lease {
             lease.head_arrived();
         }
@@ -437,9 +453,9 @@ impl Upstream {
     }
 
     fn failed(&self, server: usize) {
-        let name = self.names.get(server).map_or("-", |n| &**n);
-        metrics::counter!(crate::telemetry::UPSTREAM_FAILURES, "server" => name.to_string())
-            .increment(1);
+        if let Some(counter) = self.failures.get(server) {
+            counter.increment(1);
+        }
         self.fleet.record_failure(server);
     }
 
