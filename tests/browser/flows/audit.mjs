@@ -23,14 +23,22 @@ async function shownRows(page) {
 
 /**
  * Fills the filters (empty: any) and applies them; waits until `ready(arg)` holds in the
- * page — a condition the table before the filter does not meet.
+ * page — a condition the table before the filter does not meet — and says what the
+ * table shows if it never does.
  */
-async function filter(page, { type = "", object = "", actor = "" }, ready, arg) {
+async function filter(page, fields, ready, arg) {
+  const { type = "", object = "", actor = "" } = fields;
   await page.locator('[data-testid="audit-filter-type"]').selectOption(type);
   await page.locator('[data-testid="audit-filter-object"]').fill(object);
   await page.locator('[data-testid="audit-filter-actor"]').fill(actor);
   await page.locator('[data-testid="audit-apply"]').click();
-  await page.waitForFunction(ready, arg);
+  try {
+    await page.waitForFunction(ready, arg);
+  } catch (err) {
+    const shown = (await shownRows(page)).slice(0, 5).map((r) => `${r.action} ${r.actor} ${r.objectId}`);
+    throw new Error(`filtered by ${JSON.stringify(fields)}, the table never showed what it should; it shows ` +
+      `${JSON.stringify(shown)}${shown.length === 5 ? " …" : ""}\n${err.message}`);
+  }
 }
 
 /** One side of a change (`audit-before` / `audit-after`) as `{field: [value, changed]}`. */
