@@ -13,9 +13,10 @@
 //! without waiting; one settler task sends what is queued as one `settle.lua` call per
 //! batch ([`SETTLE_BATCH`] settlements, or [`SETTLE_LINGER`] after the first, whichever
 //! comes first — see [`Batcher`]), and at shutdown drains the channel before it returns.
-//! fred never pipelines `EVALSHA` on a connection (each waits for the previous answer),
-//! so every call saved is a round trip no admission waits behind. The linger is also how
-//! long a finished request's parallel slot and reservation may outlive it, at most.
+//! Each call costs the gateway a command's encoding, a socket write (fred flushes every
+//! `EVALSHA` on its own), a reply to parse and a waiting task; with one call per request
+//! and one per batch, the settlements' share of that mostly disappears. The linger is
+//! also how long a finished request's parallel slot and reservation may outlive it.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
