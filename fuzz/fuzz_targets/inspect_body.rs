@@ -1,7 +1,7 @@
 //! Request body inspection over arbitrary bytes, for every route kind and policy.
 //!
-//! Input: one mode byte (route kind, admin or not, `allow_keep_alive`, a `max_num_ctx`),
-//! then the body. Invariants: no panic; a refusal is a 400, never a 5xx; a rewritten
+//! Input: one mode byte (route kind, admin or not, `allow_keep_alive`, a `max_num_ctx`,
+//! whether the route needs a model), then the body. Invariants: no panic; a refusal is a 400, never a 5xx; a rewritten
 //! body is a JSON object without `keep_alive` when it was stripped and with
 //! `stream_options.include_usage` when usage was asked for; inspecting the rewritten
 //! body finds the same facts and rewrites nothing more.
@@ -12,7 +12,7 @@ use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use tollgate::config::UpstreamConfig;
-use tollgate::services::proxy::fuzzing::inspect;
+use tollgate::services::proxy::fuzzing::{ModelField, inspect};
 use tollgate::services::proxy::routes::Kind;
 
 const KINDS: [Kind; 9] = [
@@ -38,9 +38,14 @@ fuzz_target!(|data: &[u8]| {
         max_num_ctx: (mode & 0x40 != 0).then_some(4096),
         ..UpstreamConfig::default()
     };
+    let rule = match (mode & 0x80 != 0, kind) {
+        (true, _) => ModelField::None,
+        (false, Kind::ModelOnly) => ModelField::ModelOrName,
+        (false, _) => ModelField::Required,
+    };
     let body = Bytes::copy_from_slice(body);
 
-    let (facts, out) = match inspect(kind, body.clone(), is_admin, &policy) {
+    let (facts, out) = match inspect(kind, rule, body.clone(), is_admin, &policy) {
         Ok(inspected) => inspected,
         Err(err) => {
             assert_eq!(err.status().as_u16(), 400, "{err:?} for a caller's body");
@@ -65,7 +70,7 @@ fuzz_target!(|data: &[u8]| {
         );
     }
     let (again, out_again) =
-        inspect(kind, out.clone(), is_admin, &policy).expect("a rewritten body inspects");
+        inspect(kind, rule, out.clone(), is_admin, &policy).expect("a rewritten body inspects");
     assert_eq!(again.model, facts.model);
     assert_eq!(again.stream, facts.stream);
     assert_eq!(again.output_bound, facts.output_bound);

@@ -12,7 +12,7 @@ pub mod routes;
 /// the API.
 #[doc(hidden)]
 pub mod fuzzing {
-    pub use super::inspect::{RequestFacts, inspect};
+    pub use super::inspect::{ModelField, RequestFacts, inspect};
 }
 
 use std::sync::Arc;
