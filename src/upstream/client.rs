@@ -493,6 +493,42 @@ mod tests {
         }
     }
 
+    /// A server that answers, but not in HTTP: it saw the request, so the request is
+    /// not retried elsewhere.
+    #[tokio::test]
+    async fn a_malformed_response_head_is_not_undelivered() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let peer = async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf).await.expect("read the request");
+            stream
+                .write_all(b"NOT HTTP AT ALL\r\n\r\n")
+                .await
+                .expect("write");
+            // Held open until the client gave up on the answer.
+            let _ = stream.read(&mut buf).await;
+        };
+        let server = base(&format!("http://{addr}"));
+        let client = HopClient::new(settings(), std::slice::from_ref(&server)).expect("client");
+        let send = client.send(
+            &server,
+            Method::GET,
+            PathAndQuery::from_static("/api/version"),
+            HeaderMap::new(),
+            Bytes::new(),
+        );
+        let (answer, ()) = tokio::join!(send, peer);
+        match answer {
+            Err(HopError::Client(e)) => assert!(!undelivered(&e), "{e:?}"),
+            other => panic!("expected a parse error, got {other:?}"),
+        }
+    }
+
     #[test]
     fn a_refused_connection_is_undelivered() {
         let rt = tokio::runtime::Builder::new_current_thread()
