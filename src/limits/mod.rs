@@ -26,6 +26,7 @@
 //! refuses with 503 `limits_unavailable`; `open` falls back to this instance's local
 //! limits (logged and counted in `tollgate_limiter_fallbacks_total`).
 
+mod batch;
 mod local;
 mod redis;
 

@@ -49,6 +49,11 @@ impl RedisConn {
         })
     }
 
+    /// This deployment's key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// A key (or channel) name with this deployment's prefix.
     pub fn key(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)

@@ -19,6 +19,10 @@ pub const CACHE_LOOKUPS: &str = "tollgate_cache_lookups_total";
 pub const STREAMS_IN_FLIGHT: &str = "tollgate_streams_in_flight";
 pub const USAGE_ROWS: &str = "tollgate_usage_rows_written_total";
 pub const LIMITER_FALLBACKS: &str = "tollgate_limiter_fallbacks_total";
+/// Redis settlements sent on their own because the settler's queue was full.
+pub const LIMITER_SETTLE_OVERFLOWS: &str = "tollgate_limiter_settle_overflows_total";
+/// `settle.lua` calls that failed (their leases lapse; their usage is not counted in Redis).
+pub const LIMITER_SETTLE_FAILURES: &str = "tollgate_limiter_settle_failures_total";
 /// Server slots counted locally because Redis could not answer (`failure_mode: open`).
 pub const SLOT_FALLBACKS: &str = "tollgate_upstream_slot_fallbacks_total";
 pub const UPSTREAM_REQUESTS: &str = "tollgate_upstream_requests_total";

@@ -9,17 +9,19 @@
 import { launch, runChecks, settings } from "./lib.mjs";
 import { checks as session } from "./flows/session.mjs";
 import { checks as keys } from "./flows/keys.mjs";
+import { checks as grace } from "./flows/grace.mjs";
 import { checks as teams } from "./flows/teams.mjs";
 import { checks as feed } from "./flows/feed.mjs";
+import { checks as audit } from "./flows/audit.mjs";
 import { checks as style } from "./flows/style.mjs";
 
 const FLOWS = [
   session,
   keys,
-  // Key rotation (issue 14): flows/grace.mjs — "regenerate a key with a grace period".
+  grace,
   teams,
   feed,
-  // The audit log (issue 14): flows/audit.mjs — "the audit view finds the changes just made".
+  audit,
   style,
 ];
 

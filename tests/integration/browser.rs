@@ -37,6 +37,7 @@ const SCREENSHOTS: &[&str] = &[
     "console-keys.png",
     "console-tab-hover.png",
     "console-live.png",
+    "console-audit.png",
 ];
 /// A hung browser fails the test rather than stalling the run; each step inside has a
 /// much shorter limit of its own (`STEP_TIMEOUT_MS` in lib.mjs).
@@ -87,9 +88,9 @@ fn missing_prerequisite() -> Option<String> {
     None
 }
 
-/// SPEC §10 and issue 14: sign in, keys (plaintext once, limits, block/unblock), teams
-/// and mappings, the live feed with its server column, a refused credential, readable
-/// hovered tabs — each a named check of `tests/browser/console.mjs`, in Chromium.
+/// SPEC §10 and issue 14: sign in, keys (plaintext once, limits, block/unblock), rotation
+/// with a grace period, teams and mappings, the live feed with its server column, the
+/// audit view, a refused credential, readable hovered tabs — each a named check of `tests/browser/console.mjs`, in Chromium.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_flows_in_headless_chromium() {
     if let Some(reason) = missing_prerequisite() {

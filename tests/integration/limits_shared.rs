@@ -2,9 +2,10 @@
 //! and B on one PostgreSQL database, one Redis (same key prefix) and one mock Ollama,
 //! what two instances behind a load balancer share. Requests are split across both.
 //!
-//! Redis settles a finished request in a task spawned when its response ends, so a test
-//! that needs every finished request counted first waits for the subject's parallel
-//! leases to be gone ([`wait_settled`]), with a bounded deadline.
+//! Redis settles finished requests in batches sent by a background task a few
+//! milliseconds after their responses end, so a test that needs every finished request
+//! counted first waits for the subject's parallel leases to be gone ([`wait_settled`]),
+//! with a bounded deadline.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +16,7 @@ use serde_json::{Value, json};
 use tollgate::app::App;
 use tollgate::config::{Config, FailureMode, Secret};
 use tollgate::limits::{Demand, Permit, Subject};
+use tollgate::store::redis::RedisConn;
 use tollgate::store::{KeyFields, TeamFields};
 
 use crate::keys_support::{info, ok_json};
@@ -772,6 +774,245 @@ async fn spend_equals_the_sum_of_usage_rows_across_instances() {
     shutdown(a, b).await;
 }
 
+// ------------------------------------------------------------------ settlement batches
+
+/// A string value in Redis, parsed; 0 when the key does not exist.
+async fn redis_number(redis: &RedisConn, name: &str) -> f64 {
+    use fred::interfaces::KeysInterface;
+    let value: Option<String> = redis.client.get(redis.key(name)).await.expect("GET");
+    value.map_or(0.0, |v| v.parse().expect("a number"))
+}
+
+async fn redis_zcard(redis: &RedisConn, name: &str) -> i64 {
+    use fred::interfaces::SortedSetsInterface;
+    redis.client.zcard(redis.key(name)).await.expect("ZCARD")
+}
+
+/// 300 concurrent requests across A and B, from a key of a limited team (two subjects
+/// per settlement) and a key of its own (one), so batches mix settlements of both
+/// shapes: Redis ends with every request's tokens and cost counted exactly once, no
+/// reservation and no parallel lease left, and `/key/info` agrees with the usage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_settle_exactly_in_batches() {
+    let Some((a, b)) = two_instances(unit_pricing).await else {
+        return;
+    };
+    a.create_team(
+        "team-batch",
+        TeamFields {
+            tpm_limit: Some(1_000_000_000),
+            max_budget: Some(1e12),
+            max_parallel_requests: Some(10_000),
+            metadata: json!({}),
+            ..Default::default()
+        },
+    )
+    .await;
+    let limits = KeyFields {
+        rpm_limit: Some(100_000),
+        tpm_limit: Some(1_000_000_000),
+        max_budget: Some(1e12),
+        max_parallel_requests: Some(10_000),
+        ..Default::default()
+    };
+    let (teamed, teamed_id) = limited_key(
+        &a,
+        KeyFields {
+            team_id: Some("team-batch".into()),
+            ..limits.clone()
+        },
+    )
+    .await;
+    let (alone, alone_id) = limited_key(&a, limits).await;
+    const N: usize = 300;
+    // Bounded requests reserve tokens and cost, which settling must give back.
+    let bounded = json!({"model": "llama3.1:8b", "stream": false, "messages": [],
+        "options": {"num_predict": 50}});
+    let responses = burst(
+        &a,
+        &b,
+        N,
+        |i| if i % 3 == 0 { &alone } else { &teamed },
+        &bounded,
+    )
+    .await;
+    for resp in responses {
+        assert_eq!(resp.status(), 200);
+        read_to_end(resp).await.expect("body");
+    }
+    let counts = [
+        (format!("key:{alone_id}"), N / 3),
+        (format!("key:{teamed_id}"), N - N / 3),
+        ("team:team-batch".to_string(), N - N / 3),
+    ];
+    for (subject, _) in &counts {
+        wait_settled(&a, subject).await;
+    }
+    let redis = a.app.redis.as_ref().expect("Redis configured");
+    for (subject, n) in &counts {
+        let n = *n as f64;
+        let tokens = 16.0 * n;
+        assert_eq!(
+            redis_zcard(redis, &format!("lim:{subject}:tok")).await as f64,
+            n,
+            "{subject}: one token entry per request"
+        );
+        assert_eq!(
+            redis_number(redis, &format!("lim:{subject}:toksum")).await,
+            tokens,
+            "{subject}: the TPM sum"
+        );
+        assert_eq!(
+            redis_number(redis, &format!("lim:{subject}:spend:open")).await,
+            n * REQUEST_COST,
+            "{subject}: the spend"
+        );
+        assert_eq!(
+            redis_number(redis, &format!("lim:{subject}:resv")).await,
+            0.0,
+            "{subject}: no tokens left reserved"
+        );
+        assert_eq!(
+            redis_number(redis, &format!("lim:{subject}:rcost")).await,
+            0.0,
+            "{subject}: no cost left reserved"
+        );
+    }
+    a.app.spend.flush().await;
+    b.app.spend.flush().await;
+    for (key_id, n) in [(&alone_id, N / 3), (&teamed_id, N - N / 3)] {
+        assert_eq!(
+            info(&b, key_id).await["spend"].as_f64().expect("spend"),
+            n as f64 * REQUEST_COST,
+            "/key/info matches the usage"
+        );
+    }
+    shutdown(a, b).await;
+}
+
+fn batch_subject(key_id: &str) -> Subject {
+    Subject {
+        id: format!("key:{key_id}").into(),
+        rpm: Some(100_000),
+        tpm: Some(1_000_000_000),
+        parallel: Some(100_000),
+        max_budget: Some(1e12),
+        ..Default::default()
+    }
+}
+
+/// Settlements still queued when the instance shuts down reach Redis before `close`
+/// returns: 1,000 permits (more than the settler sends in one batch) settled or
+/// cancelled just before shutdown, then Redis read through a connection of the test's
+/// own. The settler is a background task like the others: none is left running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settlements_queued_at_shutdown_reach_redis() {
+    let Some(app) = TestApp::builder().redis().try_spawn().await else {
+        return;
+    };
+    let prefix = app.redis_prefix.clone().expect("a prefix");
+    let subject = batch_subject("queued");
+    let demand = Demand {
+        reserve_tokens: 40,
+        reserve_cost: 0.5,
+    };
+    const N: usize = 1_000;
+    let permits = join_all((0..N).map(|_| {
+        app.app
+            .limiter
+            .admit(std::slice::from_ref(&subject), demand)
+    }))
+    .await;
+    for (i, permit) in permits.into_iter().enumerate() {
+        let permit = permit.expect("admitted");
+        assert!(matches!(permit, Permit::Redis(_)));
+        if i % 4 == 0 {
+            app.app.limiter.cancel(permit);
+        } else {
+            app.app.limiter.settle(permit, 7, 0.25);
+        }
+    }
+    let state = app.app.clone();
+    app.shutdown().await;
+    assert_eq!(state.background_tasks(), 0, "the settler has ended");
+
+    let url = redis_url().expect("Redis configured");
+    let redis = RedisConn::connect(&url, &prefix).await.expect("Redis");
+    let settled = (N - N / 4) as f64;
+    assert_eq!(
+        redis_zcard(&redis, "lim:key:queued:par").await,
+        0,
+        "every lease released"
+    );
+    assert_eq!(
+        redis_zcard(&redis, "lim:key:queued:req").await as f64,
+        settled,
+        "cancelled admissions left the RPM log"
+    );
+    assert_eq!(
+        redis_zcard(&redis, "lim:key:queued:tok").await as f64,
+        settled
+    );
+    assert_eq!(
+        redis_number(&redis, "lim:key:queued:toksum").await,
+        7.0 * settled
+    );
+    assert_eq!(
+        redis_number(&redis, "lim:key:queued:spend:open").await,
+        0.25 * settled
+    );
+    assert_eq!(redis_number(&redis, "lim:key:queued:resv").await, 0.0);
+    assert_eq!(redis_number(&redis, "lim:key:queued:rcost").await, 0.0);
+    redis.quit().await;
+}
+
+/// A cancelled permit — and one dropped unsettled — gives its RPM admission back in
+/// Redis; a settled one keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_permit_gives_its_rpm_admission_back_in_redis() {
+    let Some(app) = TestApp::builder().redis().try_spawn().await else {
+        return;
+    };
+    let limiter = &app.app.limiter;
+    let subject = [Subject {
+        rpm: Some(1),
+        ..batch_subject("cancel")
+    }];
+    let admit_eventually = || async {
+        let deadline = Instant::now() + EVENTUALLY;
+        loop {
+            match limiter.admit(&subject, Demand::default()).await {
+                Ok(permit) => return permit,
+                Err(e) => assert!(
+                    Instant::now() < deadline,
+                    "still refused after {EVENTUALLY:?}: {e}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let permit = admit_eventually().await;
+    assert!(
+        limiter.admit(&subject, Demand::default()).await.is_err(),
+        "rpm 1 is used"
+    );
+    limiter.cancel(permit);
+    let permit = admit_eventually().await;
+    drop(permit);
+    let permit = admit_eventually().await;
+    limiter.settle(permit, 3, 0.0);
+    wait_settled(&app, "key:cancel").await;
+    let redis = app.app.redis.as_ref().expect("Redis configured");
+    assert_eq!(
+        redis_zcard(redis, "lim:key:cancel:req").await,
+        1,
+        "the settled admission stays"
+    );
+    assert_eq!(redis_number(redis, "lim:key:cancel:toksum").await, 3.0);
+    assert!(limiter.admit(&subject, Demand::default()).await.is_err());
+    app.shutdown().await;
+}
+
 // ------------------------------------------------------------------ Redis failure
 
 /// One instance whose Redis is reached through a [`TcpProxy`] the test can cut.
@@ -788,6 +1029,9 @@ async fn behind_cuttable_redis(mode: FailureMode) -> Option<(TestApp, TcpProxy)>
         .config(move |c| {
             c.redis.url = Some(Secret(url));
             c.redis.failure_mode = mode;
+            // No shared server slots: their fallback counter is process-wide, and
+            // `slots_shared` counts it exactly while these tests may run beside it.
+            c.upstream.routing = tollgate::config::RoutingPolicy::RoundRobin;
         })
         .try_spawn()
         .await?;

@@ -278,6 +278,7 @@
 
   async function enterConsole() {
     $("signin").hidden = true;
+    $("signin-token").value = ""; // the credential lives in state and sessionStorage, not the page
     $("tabs").hidden = false;
     $("session").hidden = false;
     $("who").textContent = describeCredential(state.token);
