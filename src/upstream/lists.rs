@@ -37,7 +37,7 @@ impl ListKind {
 
 impl Upstream {
     /// The merged list at `path`; `None` when no server in service answered.
-    pub async fn merged_list(&self, path: &str, kind: ListKind) -> Option<Value> {
+    pub async fn merged_list(&self, path: &'static str, kind: ListKind) -> Option<Value> {
         let servers = self.fleet.in_service();
         let docs =
             futures_util::future::join_all(servers.iter().map(|&i| self.get_json(i, path))).await;

@@ -7,11 +7,13 @@
 //! - [`discovery`]: the background reads of `/api/tags` and `/api/ps`, and the probes
 //!   that readmit an ejected server.
 //! - [`lists`]: `/api/tags`, `/api/ps` and `/v1/models` merged across servers.
+//! - [`client`]: the HTTP client of the hop itself (pooled hyper-util, its timeouts).
 //!
 //! The proxy pipeline asks for a [`Lease`] (a slot on a server for a model), sends an
 //! [`UpstreamRequest`] to the leased server and holds the lease until the response has
 //! ended. It never sees a server's URL.
 
+pub mod client;
 pub mod discovery;
 pub mod fleet;
 pub mod lists;
@@ -23,10 +25,13 @@ use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, Method};
 use bytes::Bytes;
+use http::uri::PathAndQuery;
 
+pub use client::{BodyError, UpstreamBody, UpstreamResponse};
 pub use fleet::{Fleet, ServerState, ServerStatus, Tenant, canonical_model};
 
 use crate::config::{Config, FailureMode};
+use client::{HopClient, HopError, HopSettings, ServerBase};
 use fleet::{Admission, Claim, FleetSettings, Refusal};
 use slots::{Acquired, SharedSlots};
 
@@ -35,7 +40,7 @@ use slots::{Acquired, SharedSlots};
 pub struct UpstreamRequest {
     pub method: Method,
     /// The caller's path and query, forwarded as they are.
-    pub path_and_query: String,
+    pub path_and_query: PathAndQuery,
     pub headers: HeaderMap,
     pub body: Bytes,
 }
@@ -46,13 +51,34 @@ pub enum SendError {
     /// `server.request_timeout_s` passed.
     #[error("upstream timeout")]
     Timeout,
-    /// Refused or reset before any response byte: safe to try another server.
-    #[error("upstream not reached: {0}")]
-    Undelivered(#[source] reqwest::Error),
-    /// Anything else (a malformed response head, TLS after connect).
-    #[error("upstream request failed: {0}")]
-    Failed(#[source] reqwest::Error),
+    /// Not connected (refused, `upstream.connect_timeout_s`, TLS handshake) or closed
+    /// or reset before any response byte: safe to try another server.
+    #[error("upstream not reached: {}", Causes(.0))]
+    Undelivered(#[source] hyper_util::client::legacy::Error),
+    /// Anything else (a malformed response head).
+    #[error("upstream request failed: {}", Causes(&**.0))]
+    Failed(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
+
+/// An error and its causes on one line, for the log (the client's own message is only
+/// its kind, "client error (Connect)").
+struct Causes<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Causes<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(e) = source {
+            write!(f, ": {e}")?;
+            source = e.source();
+        }
+        Ok(())
+    }
+}
+
+/// Bodies read whole on the hop (errors, lists, version) are small; anything larger is
+/// not one of them.
+pub const MAX_DOCUMENT_BYTES: usize = 16 * 1024 * 1024;
 
 /// Why no server could take a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,10 +192,10 @@ impl Drop for Pending<'_> {
 
 /// The servers, the client and the queue bounds.
 pub struct Upstream {
-    client: reqwest::Client,
+    client: HopClient,
     fleet: Arc<Fleet>,
     names: Vec<Arc<str>>,
-    bases: Vec<String>,
+    bases: Vec<ServerBase>,
     /// Per server, registered once: a counter looked up by its labels on every request
     /// would allocate the label each time.
     requests: Vec<metrics::Counter>,
@@ -182,19 +208,23 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(config: &Config) -> reqwest::Result<Self> {
-        let client = crate::outbound::client_builder()
-            .connect_timeout(Duration::from_secs(config.upstream.connect_timeout_s))
-            .timeout(Duration::from_secs(config.server.request_timeout_s))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
-            .tcp_nodelay(true)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
+    pub fn new(config: &Config) -> Result<Self, client::BuildError> {
         let u = &config.upstream;
         let specs = u.server_specs();
         let names = specs.iter().map(|s| Arc::from(s.name.as_str())).collect();
-        let bases = specs.iter().map(|s| s.url.clone()).collect();
+        let bases = specs
+            .iter()
+            .map(|s| ServerBase::parse(&s.url))
+            .collect::<Result<Vec<_>, _>>()?;
+        let client = HopClient::new(
+            HopSettings {
+                connect_timeout: Duration::from_secs(u.connect_timeout_s),
+                request_timeout: Duration::from_secs(config.server.request_timeout_s),
+                pool_idle_timeout: Duration::from_secs(90),
+                pool_max_idle_per_host: 1024,
+            },
+            &bases,
+        )?;
         // The recorder must exist before handles are taken from it.
         drop(crate::telemetry::metrics_handle());
         let per_server = |metric: &'static str| -> Vec<metrics::Counter> {
@@ -245,6 +275,11 @@ impl Upstream {
     /// More than one server: lists are merged and admin routes need a server named.
     pub fn is_fleet(&self) -> bool {
         self.names.len() > 1
+    }
+
+    /// How many servers there are (the most attempts one request can make).
+    pub fn server_count(&self) -> usize {
+        self.names.len()
     }
 
     pub fn server_name(&self, server: usize) -> Option<&Arc<str>> {
@@ -409,18 +444,20 @@ impl Upstream {
         lease: Option<&mut Lease>,
         route: &'static str,
         request: UpstreamRequest,
-    ) -> Result<reqwest::Response, SendError> {
-        let base = self.bases.get(server).map_or("", String::as_str);
-        let mut url = String::with_capacity(base.len() + request.path_and_query.len());
-        url.push_str(base);
-        url.push_str(&request.path_and_query);
+    ) -> Result<UpstreamResponse, SendError> {
+        let Some(base) = self.bases.get(server) else {
+            return Err(SendError::Failed("no such server".into()));
+        };
         let started = Instant::now();
         let sent = self
             .client
-            .request(request.method, url)
-            .headers(request.headers)
-            .body(request.body)
-            .send()
+            .send(
+                base,
+                request.method,
+                request.path_and_query,
+                request.headers,
+                request.body,
+            )
             .await;
         metrics::histogram!(crate::telemetry::UPSTREAM_SECONDS, "route" => route)
             .record(started.elapsed().as_secs_f64());
@@ -440,15 +477,16 @@ impl Upstream {
                 }
                 Ok(response)
             }
-            Err(e) if e.is_timeout() => Err(SendError::Timeout),
-            Err(e) => {
+            Err(HopError::Timeout) => Err(SendError::Timeout),
+            Err(HopError::Client(e)) => {
                 self.failed(server);
-                if e.is_connect() || e.is_request() {
+                if client::undelivered(&e) {
                     Err(SendError::Undelivered(e))
                 } else {
-                    Err(SendError::Failed(e))
+                    Err(SendError::Failed(Box::new(e)))
                 }
             }
+            Err(HopError::Uri(e)) => Err(SendError::Failed(Box::new(e))),
         }
     }
 
@@ -466,18 +504,25 @@ impl Upstream {
     }
 
     /// `GET path` on one server, whole body (small documents: lists, version).
-    async fn get_json(&self, server: usize, path: &str) -> Option<serde_json::Value> {
+    async fn get_json(&self, server: usize, path: &'static str) -> Option<serde_json::Value> {
         let base = self.bases.get(server)?;
+        let timeout = Duration::from_secs(10);
         let response = self
             .client
-            .get(format!("{base}{path}"))
-            .timeout(Duration::from_secs(10))
-            .send()
+            .send_within(
+                timeout,
+                base,
+                Method::GET,
+                PathAndQuery::from_static(path),
+                HeaderMap::new(),
+                Bytes::new(),
+            )
             .await;
         match response {
             Ok(r) if r.status().is_success() => {
                 self.fleet.record_success(server);
-                r.json().await.ok()
+                let body = r.into_body().bytes(MAX_DOCUMENT_BYTES).await.ok()?;
+                serde_json::from_slice(&body).ok()
             }
             Ok(r) => {
                 if r.status().is_server_error() {

@@ -19,5 +19,6 @@
 )]
 
 pub mod idp;
+pub mod net;
 pub mod ollama;
 mod server;

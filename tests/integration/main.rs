@@ -25,6 +25,7 @@ mod clients;
 mod console;
 mod fleet;
 mod foundation;
+mod hop;
 mod invalidation;
 mod jwt;
 mod jwt_providers;

@@ -8,16 +8,15 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use futures_util::Stream;
-use futures_util::future::BoxFuture;
-
-use tokio_util::sync::CancellationToken;
+use http_body::Frame;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::InFlightGuard;
 use super::meter::{Scanner, Tokens};
 use crate::config::PricingConfig;
 use crate::limits::Limiter;
 use crate::store::{RequestStatus, UsageRow};
+use crate::upstream::UpstreamBody;
 use crate::usage::{EventFeed, RequestEvent, SpendRecorder};
 
 /// Where a finished request's usage goes: the limiter is settled with the real tokens,
@@ -117,83 +116,101 @@ impl Drop for UsageTicket {
     }
 }
 
-type Upstream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
+pin_project_lite::pin_project! {
+    /// The client's response body: Ollama's, passed through the scanner.
+    pub struct MeteredBody {
+        upstream: UpstreamBody,
+        scanner: Scanner,
+        ticket: UsageTicket,
+        // Inline, not boxed: one allocation fewer per request.
+        #[pin]
+        cancelled: WaitForCancellationFutureOwned,
+        // Bytes still expected when the upstream declared a length: the response is
+        // complete (and recorded) as soon as they have passed, since the server stops
+        // polling a body once its declared length is written.
+        remaining: Option<u64>,
+        _in_flight: InFlightGuard,
+    }
 
-pub struct MeteredBody {
-    upstream: Upstream,
-    scanner: Scanner,
-    ticket: UsageTicket,
-    cancelled: BoxFuture<'static, ()>,
-    /// Bytes still expected when the upstream declared a length: the response is
-    /// complete (and recorded) as soon as they have passed, since the server stops
-    /// polling a body once its declared length is written.
-    remaining: Option<u64>,
-    _in_flight: InFlightGuard,
+    impl PinnedDrop for MeteredBody {
+        fn drop(this: Pin<&mut Self>) {
+            // The client went away before the end: the upstream request is dropped with
+            // us (which cancels it at Ollama) and what was seen so far is recorded.
+            let this = this.project();
+            finish(this.ticket, this.scanner, RequestStatus::Cancelled);
+        }
+    }
 }
 
 impl MeteredBody {
     pub fn new(
-        upstream: Upstream,
+        upstream: UpstreamBody,
         scanner: Scanner,
-        ticket: UsageTicket,
+        mut ticket: UsageTicket,
         in_flight: InFlightGuard,
         declared_len: Option<u64>,
         cancel: CancellationToken,
     ) -> Self {
-        let cancelled = Box::pin(cancel.cancelled_owned());
-        let mut body = Self {
+        if declared_len == Some(0) {
+            // An empty body may never be polled: it is complete already.
+            finish(&mut ticket, &scanner, RequestStatus::Success);
+        }
+        Self {
             upstream,
             scanner,
             ticket,
-            cancelled,
+            cancelled: cancel.cancelled_owned(),
             remaining: declared_len,
             _in_flight: in_flight,
-        };
-        if declared_len == Some(0) {
-            // An empty body may never be polled: it is complete already.
-            body.finish(RequestStatus::Success);
         }
-        body
-    }
-
-    fn finish(&mut self, status: RequestStatus) {
-        if let (Some(lease), Some(ns)) = (self.ticket.lease.as_mut(), self.scanner.load_duration_ns)
-        {
-            lease.report_load(std::time::Duration::from_nanos(ns));
-        }
-        self.ticket.finish(status, self.scanner.tokens);
     }
 }
 
-impl Stream for MeteredBody {
-    type Item = Result<Bytes, std::io::Error>;
+/// Records the request (once): the tokens seen, and the load time Ollama reported.
+fn finish(ticket: &mut UsageTicket, scanner: &Scanner, status: RequestStatus) {
+    if let (Some(lease), Some(ns)) = (ticket.lease.as_mut(), scanner.load_duration_ns) {
+        lease.report_load(std::time::Duration::from_nanos(ns));
+    }
+    ticket.finish(status, scanner.tokens);
+}
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
+impl http_body::Body for MeteredBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let mut this = self.project();
         if this.ticket.recorded {
             return Poll::Ready(None);
         }
         if this.cancelled.as_mut().poll(cx).is_ready() {
-            this.finish(RequestStatus::Cancelled);
+            finish(this.ticket, this.scanner, RequestStatus::Cancelled);
             return Poll::Ready(Some(Err(std::io::Error::other("gateway shutting down"))));
         }
         loop {
-            match this.upstream.as_mut().poll_next(cx) {
+            match Pin::new(&mut *this.upstream).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Ok(chunk))) => {
+                Poll::Ready(Some(Ok(frame))) => {
+                    // Trailers (Ollama sends none) are not forwarded.
+                    let Ok(chunk) = frame.into_data() else {
+                        continue;
+                    };
                     let len = chunk.len() as u64;
                     let out = this.scanner.feed(chunk);
-                    if let Some(remaining) = &mut this.remaining {
+                    if let Some(remaining) = this.remaining.as_mut() {
                         *remaining = remaining.saturating_sub(len);
                         if *remaining == 0 {
                             // Nothing more will be asked of us: read the counts now.
                             let rest = this.scanner.finish();
-                            this.finish(RequestStatus::Success);
+                            finish(this.ticket, this.scanner, RequestStatus::Success);
                             debug_assert!(rest.is_empty());
                         }
                     }
                     if !out.is_empty() {
-                        return Poll::Ready(Some(Ok(out)));
+                        return Poll::Ready(Some(Ok(Frame::data(out))));
                     }
                     if this.ticket.recorded {
                         return Poll::Ready(None);
@@ -205,24 +222,16 @@ impl Stream for MeteredBody {
                     } else {
                         RequestStatus::Error
                     };
-                    tracing::warn!(%status, "upstream stream failed");
-                    this.finish(status);
+                    tracing::warn!(%status, error = %e, "upstream stream failed");
+                    finish(this.ticket, this.scanner, status);
                     return Poll::Ready(Some(Err(std::io::Error::other("upstream stream failed"))));
                 }
                 Poll::Ready(None) => {
                     let rest = this.scanner.finish();
-                    this.finish(RequestStatus::Success);
-                    return Poll::Ready((!rest.is_empty()).then_some(Ok(rest)));
+                    finish(this.ticket, this.scanner, RequestStatus::Success);
+                    return Poll::Ready((!rest.is_empty()).then_some(Ok(Frame::data(rest))));
                 }
             }
         }
-    }
-}
-
-impl Drop for MeteredBody {
-    fn drop(&mut self) {
-        // The client went away before the end: the upstream request is dropped with us
-        // (which cancels it at Ollama) and what was seen so far is recorded.
-        self.finish(RequestStatus::Cancelled);
     }
 }

@@ -5,6 +5,7 @@ use axum::response::{IntoResponse, Response};
 use super::routes::Kind;
 use crate::auth::access::{is_cloud_model, model_allowed};
 use crate::error::AppError;
+use crate::upstream::UpstreamResponse;
 
 /// Lists are small; anything bigger than this is not a model list.
 const MAX_LIST_BYTES: usize = 16 * 1024 * 1024;
@@ -31,17 +32,15 @@ impl ListFilter<'_> {
 }
 
 pub async fn filtered(
-    upstream: reqwest::Response,
+    upstream: UpstreamResponse,
     kind: Kind,
     filter: ListFilter<'_>,
 ) -> Result<Response, AppError> {
     let body = upstream
-        .bytes()
+        .into_body()
+        .bytes(MAX_LIST_BYTES)
         .await
         .map_err(|_| AppError::UpstreamError)?;
-    if body.len() > MAX_LIST_BYTES {
-        return Err(AppError::UpstreamError);
-    }
     let value: serde_json::Value =
         serde_json::from_slice(&body).map_err(|_| AppError::UpstreamError)?;
     Ok(axum::Json(filter_value(value, kind, filter)).into_response())

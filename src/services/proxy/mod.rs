@@ -21,6 +21,7 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{FromRequest, Request};
+use axum::http::uri::PathAndQuery;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -39,7 +40,8 @@ use crate::request_id::RequestId;
 use crate::store::RequestStatus;
 use crate::upstream::lists::ListKind;
 use crate::upstream::{
-    Lease, RouteError, SendError, Tenant, Upstream, UpstreamRequest, canonical_model,
+    Lease, MAX_DOCUMENT_BYTES, RouteError, SendError, Tenant, Upstream, UpstreamRequest,
+    UpstreamResponse, canonical_model,
 };
 use crate::usage::{EventFeed, RequestEvent};
 
@@ -119,7 +121,7 @@ struct Delivered {
 }
 
 enum Answer {
-    Response(reqwest::Response),
+    Response(UpstreamResponse),
     Merged(serde_json::Value),
     Failed(SendError),
     /// The server answered with an error of its own (a 5xx).
@@ -136,7 +138,7 @@ impl Delivered {
     }
 
     fn from(
-        answer: Result<reqwest::Response, SendError>,
+        answer: Result<UpstreamResponse, SendError>,
         server: Option<&Arc<str>>,
         lease: Option<Lease>,
     ) -> Self {
@@ -289,14 +291,21 @@ impl Proxy {
             started,
             armed: true,
         };
-        let delivered = self.deliver(&caller, spec, &prepared).await;
+        let Prepared {
+            request,
+            target,
+            facts,
+            model,
+            permit,
+        } = prepared;
+        let delivered = self.deliver(&caller, spec, &target, request).await;
         abandoned.armed = false;
         drop(abandoned);
         let delivered = match delivered {
             Ok(delivered) => delivered,
             Err(err) => {
                 // Nothing was sent, or nothing could be: the request consumed nothing.
-                if let Some(permit) = prepared.permit {
+                if let Some(permit) = permit {
                     self.limiter.cancel(permit);
                 }
                 self.publish_refusal(&caller, spec, &request_id, started, err.status().as_u16());
@@ -310,12 +319,12 @@ impl Proxy {
             team_id: caller.team_id.clone(),
             user_id: caller.user_id.clone(),
             label: caller.label.clone(),
-            model: prepared.model,
+            model,
             route: spec.path,
             http_status: 0,
             started_at,
             started,
-            permit: prepared.permit,
+            permit,
             server: delivered.server,
             lease: delivered.lease,
             recorded: false,
@@ -369,13 +378,10 @@ impl Proxy {
             return response;
         }
         let framing = match spec.kind {
-            Kind::NativeGenerate if prepared.facts.stream => Framing::Lines,
-            Kind::OpenAiCompletion | Kind::OpenAiOther if prepared.facts.stream => {
-                Framing::Events {
-                    hide_usage_chunk: spec.kind == Kind::OpenAiCompletion
-                        && !prepared.facts.client_wants_usage,
-                }
-            }
+            Kind::NativeGenerate if facts.stream => Framing::Lines,
+            Kind::OpenAiCompletion | Kind::OpenAiOther if facts.stream => Framing::Events {
+                hide_usage_chunk: spec.kind == Kind::OpenAiCompletion && !facts.client_wants_usage,
+            },
             Kind::NativeGenerate
             | Kind::NativeEmbed
             | Kind::OpenAiCompletion
@@ -394,13 +400,14 @@ impl Proxy {
                 hide_usage_chunk: true
             }
         );
-        let declared_len = upstream.content_length().filter(|_| !rewrites);
+        let declared_len = http_body::Body::size_hint(upstream.body())
+            .exact()
+            .filter(|_| !rewrites);
         if let Some(len) = declared_len {
             response = response.header(header::CONTENT_LENGTH, len);
         }
-        let stream = Box::pin(upstream.bytes_stream());
         let metered = MeteredBody::new(
-            stream,
+            upstream.into_body(),
             Scanner::new(framing),
             ticket,
             self.in_flight.enter(),
@@ -408,7 +415,7 @@ impl Proxy {
             self.cancel.clone(),
         );
         response
-            .body(Body::from_stream(metered))
+            .body(Body::new(metered))
             .map_err(AppError::internal)
     }
 
@@ -421,10 +428,11 @@ impl Proxy {
         &self,
         caller: &auth::Caller,
         spec: &'static RouteSpec,
-        prepared: &Prepared,
+        target: &Target,
+        request: UpstreamRequest,
     ) -> Result<Delivered, AppError> {
         let upstream = &*self.upstream;
-        let model = match &prepared.target {
+        let model = match target {
             Target::Merged(kind) => {
                 return match upstream.merged_list(spec.path, *kind).await {
                     Some(value) => Ok(Delivered::merged(value)),
@@ -432,14 +440,13 @@ impl Proxy {
                 };
             }
             Target::Server(server) => {
-                let answer = upstream
-                    .send(*server, None, spec.path, prepared.request.clone())
-                    .await;
+                let answer = upstream.send(*server, None, spec.path, request).await;
                 return Ok(Delivered::from(answer, upstream.server_name(*server), None));
             }
             Target::Listing(model) | Target::Slot(model) => model,
         };
-        let holds_slot = matches!(prepared.target, Target::Slot(_));
+        let holds_slot = matches!(target, Target::Slot(_));
+        let mut request = Some(request);
         let tenant = tenant_of(caller);
         let mut tried = Vec::new();
         let mut busy = false;
@@ -455,9 +462,10 @@ impl Proxy {
             let mut lease = match place {
                 Ok(Place::Slot(lease)) => Some(lease),
                 Ok(Place::Server(server)) => {
-                    let answer = upstream
-                        .send(server, None, spec.path, prepared.request.clone())
-                        .await;
+                    let Some(outgoing) = attempt(&mut request, tried.len(), upstream) else {
+                        return Err(AppError::UpstreamError);
+                    };
+                    let answer = upstream.send(server, None, spec.path, outgoing).await;
                     if let Err(SendError::Undelivered(e)) = &answer {
                         tracing::warn!(error = %e, "upstream not reached; trying another server");
                         tried.push(server);
@@ -480,8 +488,11 @@ impl Proxy {
             };
             let server = lease_ref.server();
             let name = lease_ref.server_name().clone();
+            let Some(outgoing) = attempt(&mut request, tried.len(), upstream) else {
+                return Err(AppError::UpstreamError);
+            };
             let answer = upstream
-                .send(server, Some(lease_ref), spec.path, prepared.request.clone())
+                .send(server, Some(lease_ref), spec.path, outgoing)
                 .await;
             match answer {
                 Err(SendError::Undelivered(e)) => {
@@ -491,7 +502,11 @@ impl Proxy {
                 Ok(response) if response.status() == StatusCode::SERVICE_UNAVAILABLE => {
                     // Ollama's "server busy": busy, not broken. Anything else a 503 says
                     // is an error of that server.
-                    let body = response.bytes().await.unwrap_or_default();
+                    let body = response
+                        .into_body()
+                        .bytes(MAX_DOCUMENT_BYTES)
+                        .await
+                        .unwrap_or_default();
                     if memchr::memmem::find(&body, b"server busy").is_none() {
                         upstream.fleet().record_failure(server);
                         tracing::warn!(server = %name, "upstream server error (503)");
@@ -528,8 +543,8 @@ impl Proxy {
         let path_and_query = req
             .uri()
             .path_and_query()
-            .map_or_else(|| req.uri().path(), |p| p.as_str());
-        let path_and_query = path_and_query.to_owned();
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let path_model = (spec.kind == Kind::OpenAiModel).then(|| {
             req.uri()
                 .path()
@@ -537,7 +552,8 @@ impl Proxy {
                 .to_string()
         });
         let named_server = self.named_server(spec, req.headers())?;
-        let mut headers = HeaderMap::new();
+        // Room for what the hop adds (`Host`, maybe credentials): no regrowth on the way.
+        let mut headers = HeaderMap::with_capacity(FORWARDED_REQUEST_HEADERS.len() + 3);
         for name in FORWARDED_REQUEST_HEADERS {
             if let Some(v) = req.headers().get(name) {
                 headers.insert(name.clone(), v.clone());
@@ -715,6 +731,21 @@ impl Proxy {
     }
 }
 
+/// The request for the next attempt: moved when no other server could follow (always,
+/// with one server), else a copy kept back for the retry (headers and body are shared
+/// buffers; the copy is the header map).
+fn attempt(
+    request: &mut Option<UpstreamRequest>,
+    tried: usize,
+    upstream: &Upstream,
+) -> Option<UpstreamRequest> {
+    if tried + 1 >= upstream.server_count() {
+        request.take()
+    } else {
+        request.clone()
+    }
+}
+
 /// Where the route's body names the model checked against the caller's allow-list.
 fn model_field(spec: &RouteSpec) -> inspect::ModelField {
     match spec.kind {
@@ -776,14 +807,18 @@ fn limit_error(err: LimitError) -> AppError {
 
 /// Maps a non-success upstream answer: 4xx keep their status and Ollama's message (it is
 /// about the caller's request); 5xx become 502 with nothing upstream-specific.
-async fn upstream_failure(upstream: reqwest::Response) -> AppError {
+async fn upstream_failure(upstream: UpstreamResponse) -> AppError {
     let status = upstream.status();
     if !status.is_client_error() {
         tracing::warn!(status = status.as_u16(), "upstream server error");
         return AppError::UpstreamError;
     }
     let status = StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_REQUEST);
-    let body = upstream.bytes().await.unwrap_or_default();
+    let body = upstream
+        .into_body()
+        .bytes(MAX_DOCUMENT_BYTES)
+        .await
+        .unwrap_or_default();
     AppError::UpstreamRejected {
         status,
         message: upstream_message(&body),
