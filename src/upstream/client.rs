@@ -475,15 +475,7 @@ mod tests {
             std::slice::from_ref(&server),
         )
         .expect("client");
-        let answer = client
-            .send(
-                &server,
-                Method::GET,
-                PathAndQuery::from_static("/api/version"),
-                HeaderMap::new(),
-                Bytes::new(),
-            )
-            .await;
+        let answer = version(&client, &server).await;
         match answer {
             Err(HopError::Client(e)) => {
                 assert!(e.is_connect(), "{e:?}");
@@ -491,6 +483,22 @@ mod tests {
             }
             other => panic!("expected a connect timeout, got {other:?}"),
         }
+    }
+
+    /// `GET /api/version` with no headers or body.
+    async fn version(
+        client: &HopClient,
+        server: &ServerBase,
+    ) -> Result<UpstreamResponse, HopError> {
+        client
+            .send(
+                server,
+                Method::GET,
+                PathAndQuery::from_static("/api/version"),
+                HeaderMap::new(),
+                Bytes::new(),
+            )
+            .await
     }
 
     /// A server that answers, but not in HTTP: it saw the request, so the request is
@@ -515,13 +523,7 @@ mod tests {
         };
         let server = base(&format!("http://{addr}"));
         let client = HopClient::new(settings(), std::slice::from_ref(&server)).expect("client");
-        let send = client.send(
-            &server,
-            Method::GET,
-            PathAndQuery::from_static("/api/version"),
-            HeaderMap::new(),
-            Bytes::new(),
-        );
+        let send = version(&client, &server);
         let (answer, ()) = tokio::join!(send, peer);
         match answer {
             Err(HopError::Client(e)) => assert!(!undelivered(&e), "{e:?}"),
@@ -543,15 +545,7 @@ mod tests {
                 .port();
             let server = base(&format!("http://127.0.0.1:{port}"));
             let client = HopClient::new(settings(), std::slice::from_ref(&server)).expect("client");
-            let answer = client
-                .send(
-                    &server,
-                    Method::GET,
-                    PathAndQuery::from_static("/api/version"),
-                    HeaderMap::new(),
-                    Bytes::new(),
-                )
-                .await;
+            let answer = version(&client, &server).await;
             match answer {
                 Err(HopError::Client(e)) => assert!(undelivered(&e), "{e:?}"),
                 other => panic!("expected a connection error, got {other:?}"),

@@ -127,9 +127,9 @@ impl Server {
         let Some(victim) = self.loaded.iter().find(|m| self.busy_of(m) == 0) else {
             return Eviction::Impossible;
         };
-        if need.copies.get(victim.as_str()).copied().unwrap_or(0) > 1 {
+        if need.copied(victim) {
             Eviction::Copy
-        } else if need.waited.contains(victim.as_str()) {
+        } else if need.waited(victim) {
             Eviction::Waited
         } else if self
             .last_used
@@ -179,12 +179,11 @@ impl Server {
     }
 }
 
-/// How much the fleet needs each model, for what a load would evict.
+/// How much the fleet needs each model, for what a load would evict. Asked only about
+/// the victim of a full server, so a routing decision with room anywhere reads nothing.
 struct Need<'a> {
-    /// Models requests wait for in the queue (the one being routed not included).
-    waited: HashSet<&'a str>,
-    /// On how many servers in service each model is loaded.
-    copies: HashMap<&'a str, u32>,
+    servers: &'a [Server],
+    queue: &'a HashMap<Tenant, VecDeque<Waiter>>,
     times: &'a HashMap<String, ModelTimes>,
 }
 
@@ -194,6 +193,21 @@ impl Need<'_> {
     fn recent(&self, model: &str) -> Duration {
         let t = self.times.get(model).copied().unwrap_or(DEFAULT_TIMES);
         Duration::from_millis(t.service_ms.saturating_add(t.load_ms))
+    }
+
+    /// Requests wait in the queue for `model`.
+    fn waited(&self, model: &str) -> bool {
+        self.queue.values().flatten().any(|w| w.model == model)
+    }
+
+    /// `model` is loaded on more than one server in service.
+    fn copied(&self, model: &str) -> bool {
+        self.servers
+            .iter()
+            .filter(|s| s.state() == ServerState::InService)
+            .filter(|s| s.loaded.iter().any(|m| m == model))
+            .nth(1)
+            .is_some()
     }
 }
 
@@ -444,28 +458,15 @@ impl Fleet {
         if self.settings.policy == RoutingPolicy::RoundRobin {
             return state.round_robin(model, exclude);
         }
-        let mut need = Need {
-            waited: HashSet::new(),
-            copies: HashMap::new(),
+        let need = Need {
+            servers: &state.servers,
+            queue: &state.queue,
             times: &state.times,
         };
         let (mut waiting, mut oldest) = (0u32, None::<tokio::time::Instant>);
-        for w in state.queue.values().flatten() {
-            if w.model == model {
-                waiting = waiting.saturating_add(1);
-                oldest = Some(oldest.map_or(w.since, |o| o.min(w.since)));
-            } else {
-                need.waited.insert(w.model.as_str());
-            }
-        }
-        for s in state
-            .servers
-            .iter()
-            .filter(|s| s.state() == ServerState::InService)
-        {
-            for m in &s.loaded {
-                *need.copies.entry(m.as_str()).or_insert(0) += 1;
-            }
+        for w in state.queue.values().flatten().filter(|w| w.model == model) {
+            waiting = waiting.saturating_add(1);
+            oldest = Some(oldest.map_or(w.since, |o| o.min(w.since)));
         }
         let views: Vec<ServerView> = state
             .servers

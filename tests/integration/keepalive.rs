@@ -63,6 +63,19 @@ impl Conn {
             .unwrap_or_else(|_| Err(std::io::Error::other("no answer in time")))
     }
 
+    /// Sends only the headers (the body never follows) and reads the answer.
+    async fn head_only(&mut self, head: &str) -> Answer {
+        self.stream
+            .get_mut()
+            .write_all(head.as_bytes())
+            .await
+            .expect("send headers");
+        tokio::time::timeout(EXCHANGE_TIMEOUT, self.read_answer())
+            .await
+            .expect("an answer without the body")
+            .expect("an answer")
+    }
+
     /// `GET /healthz` in one segment.
     async fn healthz(&mut self) -> std::io::Result<Answer> {
         let exchange = async {
@@ -343,15 +356,7 @@ async fn a_body_that_never_comes_gets_connection_close() {
         "{}Host: tollgate\r\nContent-Length: 37\r\n\r\n",
         post("/api/chat", "sk-unknown")
     );
-    conn.stream
-        .get_mut()
-        .write_all(head.as_bytes())
-        .await
-        .expect("send headers");
-    let answer = tokio::time::timeout(EXCHANGE_TIMEOUT, conn.read_answer())
-        .await
-        .expect("an answer without the body")
-        .expect("an answer");
+    let answer = conn.head_only(&head).await;
     assert_eq!(answer.status, 401);
     assert!(answer.close, "{answer:?}");
     conn.expect_closed().await;
@@ -368,15 +373,7 @@ async fn a_refused_100_continue_gets_connection_close() {
         "{}Host: tollgate\r\nExpect: 100-continue\r\nContent-Length: 37\r\n\r\n",
         post("/api/chat", "sk-unknown")
     );
-    conn.stream
-        .get_mut()
-        .write_all(head.as_bytes())
-        .await
-        .expect("send headers");
-    let answer = tokio::time::timeout(EXCHANGE_TIMEOUT, conn.read_answer())
-        .await
-        .expect("an answer without the body")
-        .expect("an answer");
+    let answer = conn.head_only(&head).await;
     assert_eq!(answer.status, 401, "{answer:?}");
     assert!(answer.close, "{answer:?}");
     conn.expect_closed().await;

@@ -91,6 +91,28 @@ async fn until_queued(a: &TestApp, b: &TestApp, what: &str, ok: impl Fn(usize, u
     );
 }
 
+/// Waits, woken by the fleet's change signal, until `n` requests wait on `app`.
+async fn until_queued_on(app: &TestApp, n: usize, what: &str) {
+    let fleet = app.app.upstream.fleet().clone();
+    let mut changes = fleet.changes();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while fleet.queued() != n {
+            changes.changed().await.expect("fleet alive");
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting: {what}"));
+}
+
+/// Every response of `sent` is a 200 whose stream completes.
+async fn all_served(sent: Vec<tokio::task::JoinHandle<reqwest::Response>>) {
+    for response in join_all(sent).await {
+        let response = response.expect("join");
+        assert_eq!(response.status(), 200);
+        read_to_end(response).await.expect("the stream completes");
+    }
+}
+
 fn send(app: &TestApp) -> tokio::task::JoinHandle<reqwest::Response> {
     let url = app.url("/api/chat");
     let key = app.master_key.clone();
@@ -124,11 +146,7 @@ async fn two_instances_together_never_run_more_than_parallel_requests_on_a_serve
     let stats = server.sim_stats().expect("sim");
     assert_eq!(stats.model(MODEL).in_flight, 2, "{stats:?}");
     gate.release();
-    for response in join_all(sent).await {
-        let response = response.expect("join");
-        assert_eq!(response.status(), 200);
-        read_to_end(response).await.expect("the stream completes");
-    }
+    all_served(sent).await;
     let stats = server.sim_stats().expect("sim");
     assert_eq!(stats.model(MODEL).served, 8);
     assert_eq!(
@@ -219,15 +237,12 @@ async fn the_slots_of_a_crashed_instance_lapse() {
         .expect("zadd");
     assert_eq!(added, 2);
     let waiting = send(&a);
-    let fleet = a.app.upstream.fleet().clone();
-    let mut changes = fleet.changes();
-    tokio::time::timeout(Duration::from_secs(30), async {
-        while fleet.queued() != 1 {
-            changes.changed().await.expect("fleet alive");
-        }
-    })
-    .await
-    .expect("the request waits while the crashed instance's leases last");
+    until_queued_on(
+        &a,
+        1,
+        "the request waits while the crashed instance's leases last",
+    )
+    .await;
     assert_eq!(server.sim_stats().expect("sim").model(MODEL).served, 0);
     // Once they lapse, the request is served.
     let response = waiting.await.expect("join");
@@ -301,22 +316,10 @@ async fn with_redis_gone_open_mode_counts_slots_locally() {
     server
         .wait_for_sim("two generating", |s| s.model(MODEL).in_flight >= 2)
         .await;
-    let fleet = app.app.upstream.fleet().clone();
-    let mut changes = fleet.changes();
-    tokio::time::timeout(Duration::from_secs(30), async {
-        while fleet.queued() != 2 {
-            changes.changed().await.expect("fleet alive");
-        }
-    })
-    .await
-    .expect("the other two wait in this instance's queue");
+    until_queued_on(&app, 2, "the other two wait in this instance's queue").await;
     assert_eq!(server.sim_stats().expect("sim").model(MODEL).in_flight, 2);
     gate.release();
-    for response in join_all(sent).await {
-        let response = response.expect("join");
-        assert_eq!(response.status(), 200);
-        read_to_end(response).await.expect("the stream completes");
-    }
+    all_served(sent).await;
     let stats = server.sim_stats().expect("sim");
     assert_eq!(stats.model(MODEL).served, 5);
     assert_eq!(
