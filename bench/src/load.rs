@@ -207,6 +207,8 @@ impl Recorder {
             latency: self.total.percentiles(),
             ttfb: streaming.then(|| self.first_byte.percentiles()),
             send_lag: open_loop.then(|| self.lag.percentiles()),
+            gateway_cpu_s: None,
+            per_gateway_cpu_s: None,
         }
     }
 }
@@ -316,12 +318,15 @@ pub async fn counted_closed(
 
 /// Closed loop against several targets, taking turns: after each target's warm-up, the
 /// window is cut into `rounds` slices run target after target (order reversed every
-/// other round), so load from elsewhere on the machine lands on all of them alike.
+/// other round), so load from elsewhere on the machine lands on all of them alike. With
+/// `gateway_cpus` (the gateway pinned there alone), each target's summary also says how
+/// busy those CPUs were during its slices.
 pub async fn interleaved_closed(
     calls: &[Arc<Call>],
     concurrency: usize,
     phase: Phase,
     rounds: u32,
+    gateway_cpus: Option<&[usize]>,
 ) -> Vec<Summary> {
     let clients: Vec<Client> = calls.iter().map(|_| client()).collect();
     for (call, client) in calls.iter().zip(&clients) {
@@ -332,15 +337,29 @@ pub async fn interleaved_closed(
     let rounds = rounds.max(1);
     let slice = phase.duration / rounds;
     let mut recs: Vec<Recorder> = calls.iter().map(|_| Recorder::default()).collect();
+    let busy = || gateway_cpus.and_then(crate::system::cpu_busy_s);
+    let mut cpu: Vec<Option<f64>> = vec![Some(0.0); calls.len()];
     for round in 0..rounds {
         for i in turn_order(calls.len(), round) {
+            let before = busy();
             let rec = closed_run(&clients[i], &calls[i], concurrency, slice, Duration::ZERO).await;
+            cpu[i] = match (cpu[i], before, busy()) {
+                (Some(sum), Some(b), Some(a)) => Some(sum + (a - b)),
+                _ => None,
+            };
             recs[i].merge(rec);
         }
     }
     recs.into_iter()
         .zip(calls)
-        .map(|(rec, call)| rec.summary(slice * rounds, call.streaming, false))
+        .zip(cpu)
+        .map(|((rec, call), cpu)| {
+            let summary = rec.summary(slice * rounds, call.streaming, false);
+            match cpu {
+                Some(cpu) if gateway_cpus.is_some() => summary.with_gateway_cpu(cpu),
+                _ => summary,
+            }
+        })
         .collect()
 }
 

@@ -201,11 +201,16 @@ impl Bench {
     /// Closed loop against every target, taking turns.
     fn closed(&self, calls: &[Call], concurrency: usize) -> Vec<Summary> {
         let calls: Vec<Arc<Call>> = calls.iter().cloned().map(Arc::new).collect();
+        let gateway = self
+            .placement
+            .pinned
+            .then_some(self.placement.gateway.as_slice());
         self.gen_rt.block_on(load::interleaved_closed(
             &calls,
             concurrency,
             self.phase,
             self.rounds(),
+            gateway,
         ))
     }
 

@@ -91,6 +91,22 @@ pub struct Summary {
     /// (already included in `latency`, which counts from the scheduled time).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub send_lag: Option<Percentiles>,
+    /// Closed loop with the gateway pinned: seconds its CPU was busy during the window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway_cpu_s: Option<f64>,
+    /// Requests per second of gateway CPU (`requests / gateway_cpu_s`): what one core
+    /// of the gateway serves, whether or not the load generator's side kept it busy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_gateway_cpu_s: Option<f64>,
+}
+
+impl Summary {
+    /// Records the gateway CPU seconds the window cost.
+    pub fn with_gateway_cpu(mut self, cpu_s: f64) -> Self {
+        self.gateway_cpu_s = Some(cpu_s);
+        self.per_gateway_cpu_s = (cpu_s > 0.0).then(|| self.requests as f64 / cpu_s);
+        self
+    }
 }
 
 /// Formats microseconds for humans: `87 µs`, `1.24 ms`, `2.10 s`.

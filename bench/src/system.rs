@@ -163,6 +163,41 @@ impl Placement {
     }
 }
 
+/// Seconds `cpus` have spent busy (everything but idle and iowait) since boot, from
+/// `/proc/stat`: with the gateway alone on its pinned CPU, what it spent serving, the
+/// kernel's loopback networking for it included. `None` when unreadable.
+pub fn cpu_busy_s(cpus: &[usize]) -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks = busy_ticks(&stat, cpus)?;
+    Some(ticks as f64 / rustix::param::clock_ticks_per_second() as f64)
+}
+
+/// Busy ticks of `cpus` in a `/proc/stat` text: user, nice, system, irq, softirq, steal.
+fn busy_ticks(stat: &str, cpus: &[usize]) -> Option<u64> {
+    let mut ticks = 0;
+    let mut found = 0;
+    for line in stat.lines() {
+        let mut fields = line.split_whitespace();
+        let Some(cpu) = fields
+            .next()
+            .and_then(|f| f.strip_prefix("cpu"))
+            .and_then(|n| n.parse::<usize>().ok())
+        else {
+            continue;
+        };
+        if !cpus.contains(&cpu) {
+            continue;
+        }
+        let v: Vec<u64> = fields.take(8).filter_map(|f| f.parse().ok()).collect();
+        if v.len() < 8 {
+            return None;
+        }
+        ticks += v[0] + v[1] + v[2] + v[5] + v[6] + v[7];
+        found += 1;
+    }
+    (found == cpus.len()).then_some(ticks)
+}
+
 /// Restricts the calling thread (and the threads and processes it later creates) to
 /// `cpus`. Best effort: a refused mask leaves the thread as it was.
 pub fn pin_current_thread(cpus: &[usize]) -> bool {
@@ -311,6 +346,17 @@ fn parse_process_id(info: &str) -> Option<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_busy_ticks_of_the_given_cpus_only() {
+        let stat = "cpu  10 0 10 100 5 0 0 0 0 0\n\
+                    cpu0 1 2 3 50 4 5 6 7 0 0\n\
+                    cpu1 10 20 30 50 40 50 60 70 0 0\n\
+                    intr 1 2 3\n";
+        assert_eq!(busy_ticks(stat, &[1]), Some(10 + 20 + 30 + 50 + 60 + 70));
+        assert_eq!(busy_ticks(stat, &[0, 1]), Some(1 + 2 + 3 + 5 + 6 + 7 + 240));
+        assert_eq!(busy_ticks(stat, &[2]), None, "a CPU the text does not have");
+    }
 
     #[test]
     fn parses_proc_status() {

@@ -1,6 +1,8 @@
 //! Domain records the rest of the service works with, decoded from the table rows once
 //! (JSON columns parsed, limits as unsigned numbers) so hot paths never re-parse them.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -13,6 +15,10 @@ use crate::config::{Duration as HumanDuration, parse_duration};
 pub struct VirtualKey {
     /// Stable public id, unchanged by `/key/regenerate`.
     pub key_id: String,
+    /// `key:{key_id}`: what the limiter and the fair queue call this key, built once when
+    /// the key is read so that no request formats it.
+    #[serde(skip)]
+    pub subject_id: Arc<str>,
     #[serde(skip)]
     pub key_hash: String,
     /// The previous secret's hash while a rotation grace period runs (never shown).
@@ -54,6 +60,10 @@ pub struct VirtualKey {
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct Team {
     pub team_id: String,
+    /// `team:{team_id}`: what the limiter and the fair queue call this team, built once
+    /// when the team is read.
+    #[serde(skip)]
+    pub subject_id: Arc<str>,
     pub team_alias: Option<String>,
     pub models: Vec<String>,
     /// Stored fields that could not be read (they refuse, see [`Unreadable`]).
@@ -592,6 +602,7 @@ impl From<entity::virtual_key::Model> for VirtualKey {
             _ => (None, None),
         };
         Self {
+            subject_id: Arc::from(format!("key:{}", m.id)),
             key_id: m.id,
             key_hash: m.key_hash,
             previous_key_hash,
@@ -638,6 +649,7 @@ impl From<entity::team::Model> for Team {
         let rpm_limit = record.limit("rpm_limit", m.rpm_limit);
         let max_parallel_requests = record.limit("max_parallel_requests", m.max_parallel_requests);
         Self {
+            subject_id: Arc::from(format!("team:{}", m.id)),
             team_id: m.id,
             team_alias: m.team_alias,
             models: models.unwrap_or_default(),
@@ -735,6 +747,7 @@ mod tests {
     fn key_with_grace(previous: Option<&str>, until: Option<DateTime<Utc>>) -> VirtualKey {
         let now = Utc::now();
         VirtualKey {
+            subject_id: Arc::from("key:k"),
             key_id: "k".into(),
             key_hash: "new".into(),
             previous_key_hash: previous.map(str::to_string),

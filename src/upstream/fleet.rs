@@ -740,7 +740,13 @@ impl Fleet {
         }
         let held = count.saturating_sub(s.in_flight_of(model));
         // Kept at zero too, so an older count arriving late is still recognised.
-        s.remote.insert(model.to_string(), Remote { held, version });
+        let now = Remote { held, version };
+        match s.remote.get_mut(model) {
+            Some(remote) => *remote = now,
+            None => {
+                s.remote.insert(model.to_string(), now);
+            }
+        }
         // A slot freed anywhere (here included) may serve a waiter here.
         self.dispatch(&mut state);
         drop(state);

@@ -331,7 +331,8 @@ impl Upstream {
                 .get(claim.server)
                 .cloned()
                 .unwrap_or_else(|| Arc::from("-"));
-            let parallel = self.fleet.parallel(claim.server);
+            let server = claim.server;
+            let parallel = self.fleet.parallel(server);
             let mut pending = Pending {
                 upstream: self,
                 model,
@@ -339,7 +340,7 @@ impl Upstream {
                 lease_id: Some(SharedSlots::lease_id()),
             };
             let id = pending.lease_id.clone().unwrap_or_default();
-            let answer = slots.acquire(&name, model, parallel, &id).await;
+            let answer = slots.acquire(server, &name, model, parallel, id).await;
             match answer {
                 Ok(Acquired::Granted { count, version }) => {
                     let Some(claim) = pending.claim.take() else {

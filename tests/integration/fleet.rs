@@ -124,7 +124,7 @@ async fn a_warm_server_is_preferred_over_a_cold_one() {
     let a = sim(&["llama3.1:8b"]).await;
     let b = sim(&["llama3.1:8b"]).await;
     // Load the model on b behind the gateway's back; discovery's /api/ps shows it.
-    let direct = reqwest::Client::new()
+    let direct = crate::support::client()
         .post(format!("{}/api/chat", b.url()))
         .json(&chat_once("llama3.1:8b"))
         .send()

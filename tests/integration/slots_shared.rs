@@ -13,6 +13,7 @@ use fred::prelude::*;
 use futures_util::future::join_all;
 use testkit::ollama::MockOllama;
 use tollgate::config::{Config, UpstreamServerConfig};
+use tollgate::store::redis::RedisConn;
 
 use crate::support::{TestApp, chat, read_to_end};
 
@@ -154,6 +155,42 @@ async fn two_instances_together_never_run_more_than_parallel_requests_on_a_serve
         2,
         "never more than `parallel` at once, both instances together"
     );
+}
+
+/// A burst through both instances — more leases and releases at once than one
+/// `slots.lua` call carries, so they leave in shared calls — still runs at most
+/// `parallel` at once on the server, serves everything, and leaves no lease in Redis once
+/// both instances have shut down (their queued releases drained).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_through_two_instances_shares_calls_and_leaves_no_lease_behind() {
+    let server = sim().await;
+    let Some((a, b)) = two_instances(&server).await else {
+        return;
+    };
+    const N: usize = 96;
+    let sent: Vec<_> = (0..N)
+        .map(|i| send(if i % 2 == 0 { &a } else { &b }))
+        .collect();
+    all_served(sent).await;
+    let stats = server.sim_stats().expect("sim");
+    assert_eq!(stats.model(MODEL).served, N as u64);
+    assert!(
+        stats.model(MODEL).max_in_flight <= 2,
+        "never more than `parallel` at once: {stats:?}"
+    );
+    let key = a
+        .app
+        .upstream
+        .shared_slots()
+        .expect("shared slots")
+        .leases_key("gpu-a", MODEL);
+    b.shutdown().await;
+    a.shutdown().await;
+    // The instances' connections are closed: a fresh one, with the key already prefixed.
+    let url = crate::support::redis_url().expect("Redis configured");
+    let redis = RedisConn::connect(&url, "").await.expect("Redis");
+    let left: i64 = redis.client.zcard(&key).await.expect("zcard");
+    assert_eq!(left, 0, "every lease released");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

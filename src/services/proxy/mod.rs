@@ -193,16 +193,18 @@ pub const SERVER_HEADER: &str = "x-tollgate-server";
 /// Who waits in whose line (SPEC §12): a virtual key (a JWT mapped to a key is that
 /// key), a `fallback` JWT's team, the admins.
 fn tenant_of(caller: &auth::Caller) -> Tenant {
+    static ADMIN: std::sync::LazyLock<Tenant> = std::sync::LazyLock::new(|| Arc::from("admin"));
     if caller.is_admin() {
-        return Arc::from("admin");
+        return ADMIN.clone();
     }
     if let Some(key) = &caller.key {
-        return Arc::from(format!("key:{}", key.key_id));
+        return key.subject_id.clone();
     }
-    match (&caller.team_id, &caller.user_id) {
-        (Some(team), _) => Arc::from(format!("team:{team}")),
-        (None, Some(user)) => Arc::from(format!("user:{user}")),
-        (None, None) => Arc::from(format!("caller:{}", caller.label)),
+    match (&caller.team, &caller.team_id, &caller.user_id) {
+        (Some(team), _, _) => team.subject_id.clone(),
+        (None, Some(team), _) => Arc::from(format!("team:{team}")),
+        (None, None, Some(user)) => Arc::from(format!("user:{user}")),
+        (None, None, None) => Arc::from(format!("caller:{}", caller.label)),
     }
 }
 
@@ -769,7 +771,7 @@ fn limited_subjects(caller: &auth::Caller) -> Vec<Subject> {
     }
     if let Some(k) = &caller.key {
         subjects.push(Subject {
-            id: Arc::from(format!("key:{}", k.key_id)),
+            id: k.subject_id.clone(),
             rpm: k.rpm_limit,
             tpm: k.tpm_limit,
             parallel: k.max_parallel_requests,
@@ -780,7 +782,7 @@ fn limited_subjects(caller: &auth::Caller) -> Vec<Subject> {
     }
     if let Some(t) = &caller.team {
         subjects.push(Subject {
-            id: Arc::from(format!("team:{}", t.team_id)),
+            id: t.subject_id.clone(),
             rpm: t.rpm_limit,
             tpm: t.tpm_limit,
             parallel: t.max_parallel_requests,
