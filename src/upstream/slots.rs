@@ -319,7 +319,7 @@ impl SharedSlots {
     /// The Redis key holding the leases of `model` on `server` (tests write leases of a
     /// "crashed" instance there).
     pub fn leases_key(&self, server: &str, model: &str) -> String {
-        self.inner.conn.key(&format!("slots:{server}:{model}"))
+        leases_name(&self.inner.conn, server, model)
     }
 
     pub fn is_connected(&self) -> bool {
@@ -327,9 +327,14 @@ impl SharedSlots {
     }
 }
 
+/// `{prefix}slots:{server}:{model}`: the sorted set of leases of a pair.
+fn leases_name(conn: &RedisConn, server: &str, model: &str) -> String {
+    conn.key(&format!("slots:{server}:{model}"))
+}
+
 /// The leases and version keys of `model` on the server called `server`.
 fn pair_keys(conn: &RedisConn, server: &str, model: &str) -> (Key, Key) {
-    let leases = conn.key(&format!("slots:{server}:{model}"));
+    let leases = leases_name(conn, server, model);
     let version = format!("{leases}:v");
     (Key::from(leases), Key::from(version))
 }

@@ -372,14 +372,5 @@ async fn with_redis_gone_open_mode_counts_slots_locally() {
 
 /// `tollgate_upstream_slot_fallbacks_total` in `/metrics` (0 when not yet reported).
 async fn slot_fallbacks(app: &TestApp) -> f64 {
-    let text = app
-        .get("/metrics", None)
-        .await
-        .text()
-        .await
-        .expect("metrics");
-    text.lines()
-        .filter(|l| l.starts_with(tollgate::telemetry::SLOT_FALLBACKS))
-        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
-        .sum()
+    app.metric(tollgate::telemetry::SLOT_FALLBACKS).await
 }

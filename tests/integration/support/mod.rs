@@ -525,6 +525,20 @@ pub fn client() -> reqwest::Client {
 }
 
 impl TestApp {
+    /// The sum of `metric`'s samples in `/metrics` (0 when not yet reported).
+    pub async fn metric(&self, metric: &str) -> f64 {
+        let text = self
+            .get("/metrics", None)
+            .await
+            .text()
+            .await
+            .expect("metrics");
+        text.lines()
+            .filter(|l| l.starts_with(metric))
+            .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+            .sum()
+    }
+
     pub fn builder() -> TestAppBuilder {
         TestAppBuilder::new()
     }
