@@ -18,8 +18,12 @@ tokio::task_local! {
     static CURRENT: RequestId;
 }
 
-/// Runs `fut` with `id` as the current request id.
-pub fn scope<F: Future>(id: RequestId, fut: F) -> impl Future<Output = F::Output> {
+/// Runs `fut` with `id` as the current request id. The future's type is named so that
+/// middleware can hold it without boxing.
+pub fn scope<F: Future>(
+    id: RequestId,
+    fut: F,
+) -> tokio::task::futures::TaskLocalFuture<RequestId, F> {
     CURRENT.scope(id, fut)
 }
 

@@ -23,8 +23,9 @@
 //!   child process, with its RSS before, right after and after `--soak-idle-s` idle.
 //! - h. fast upstream: a's closed loop against an upstream as fast as nginx's static
 //!   answers (a second nginx, `return 200` with an `/api/chat` body, beside the mock),
-//!   straight, through tollgate and through nginx `proxy_pass`, when nginx is installed:
-//!   the hop where the upstream is not the bottleneck;
+//!   straight, through tollgate, through nginx `proxy_pass` and through a bare hyper
+//!   proxy ([`bare`]: tollgate's stack doing none of tollgate's work), when nginx is
+//!   installed: the hop where the upstream is not the bottleneck;
 //! - fleet (`--fleet`, `--only fleet`): tollgate's `model_aware` routing against
 //!   `round_robin` and a fixed model → server split over 3 simulated Ollama servers, then
 //!   a light tenant beside a flooding one (see [`fleet`]).
@@ -37,6 +38,7 @@
 //! CPU of its own, like nginx's single worker. `--no-pin` lets the scheduler place
 //! everything (tollgate then gets one worker per usable CPU, as `tollgate serve` would).
 
+mod bare;
 mod fleet;
 mod gateway;
 mod load;
@@ -56,6 +58,7 @@ use serde::Serialize;
 use testkit::ollama::MockOllama;
 use tokio::runtime::Runtime;
 
+use crate::bare::BareProxy;
 use crate::gateway::{ChildTollgate, InProcessTollgate, Nginx};
 use crate::load::{Call, Phase};
 use crate::report::{Memory, Report, Scenario, Status};
@@ -827,25 +830,30 @@ fn scenario_fast_upstream(bench: &Bench) -> Vec<Scenario> {
         let tg = InProcessTollgate::start(&bench.placement, &stub.url, |_| {})?;
         let key = bench.key(&tg.url)?;
         let proxy = Nginx::start(&nginx_bin, &bench.placement, stub.port())?;
+        let bare = BareProxy::start(&bench.placement, &stub.url)?;
         let calls = [
             Call::chat(&stub.url, Some(&key), false)?,
             Call::chat(&tg.url, Some(&key), false)?,
             Call::chat(&proxy.url, Some(&key), false)?,
+            Call::chat(&bare.url, Some(&key), false)?,
         ];
         eprintln!(
             "h. fast upstream (static nginx stub at {}), closed loop with {} workers: direct, \
-             tollgate, nginx",
+             tollgate, nginx, bare hyper proxy",
             stub.url, o.concurrency
         );
         let mut res = bench.closed(&calls, o.concurrency).into_iter();
         let direct = res.next().unwrap_or_default();
         let via_tollgate = res.next().unwrap_or_default();
         let via_nginx = res.next().unwrap_or_default();
+        let via_bare = res.next().unwrap_or_default();
         progress("h-fast", "direct", &direct);
         progress("h-fast", "tollgate", &via_tollgate);
         progress("h-fast-nginx", "nginx", &via_nginx);
+        progress("h-fast-bare", "bare hyper proxy", &via_bare);
         tg.stop();
         proxy.stop();
+        bare.stop();
         stub.stop();
         Ok(vec![
             Scenario::measured(
@@ -859,8 +867,15 @@ fn scenario_fast_upstream(bench: &Bench) -> Vec<Scenario> {
                 "h-fast-nginx",
                 title_fast(o, "nginx"),
                 "nginx",
-                direct,
+                direct.clone(),
                 via_nginx,
+            ),
+            Scenario::measured(
+                "h-fast-bare",
+                title_fast(o, "a bare hyper proxy (tollgate's stack, none of its work)"),
+                "bare hyper proxy",
+                direct,
+                via_bare,
             ),
         ])
     })();

@@ -19,18 +19,19 @@
 //! Requests without a body (every `GET`) pass untouched; HTTP/2 needs none of this
 //! (a stream is reset on its own, the connection lives on).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use axum::body::{Body, HttpBody};
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, Version, header};
-use axum::middleware::Next;
 use axum::response::Response;
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
+use tower::{Layer, Service};
 
 /// The most of an unread body discarded to keep a connection: past this a new
 /// connection is cheaper than the bytes.
@@ -38,7 +39,7 @@ pub const DRAIN_MAX_BYTES: usize = 64 * 1024;
 /// How long the rest of an unread body may take to arrive.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(1);
 
-/// The bounds of [`drain_unread_body`].
+/// The bounds of [`DrainLayer`]'s discarding.
 #[derive(Debug, Clone, Copy)]
 pub struct DrainLimits {
     pub max_bytes: usize,
@@ -55,37 +56,140 @@ impl DrainLimits {
     }
 }
 
-/// The middleware: runs the request with its body watched, then discards what the
+/// Wraps the router: runs each request with its body watched, then discards what the
 /// handler left unread, or marks the response `Connection: close`.
-pub async fn drain_unread_body(
-    State(limits): State<DrainLimits>,
-    req: Request,
-    next: Next,
-) -> Response {
-    if req.version() >= Version::HTTP_2 || req.body().is_end_stream() {
-        return next.run(req).await;
+#[derive(Debug, Clone, Copy)]
+pub struct DrainLayer {
+    pub limits: DrainLimits,
+}
+
+impl<S> Layer<S> for DrainLayer {
+    type Service = DrainUnreadBody<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        DrainUnreadBody {
+            inner,
+            limits: self.limits,
+        }
     }
-    let awaits_continue = req
-        .headers()
-        .get(header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    let left = Arc::new(Mutex::new(None));
-    let req = req.map(|body| {
-        Body::new(Watched {
-            inner: Some(body),
-            polled: false,
-            left: Arc::clone(&left),
-        })
-    });
-    let mut response = next.run(req).await;
-    let unread = left.lock().ok().and_then(|mut slot| slot.take());
-    let reusable = match unread {
-        // Read to its end (or still held by the response): nothing to do.
-        None => true,
-        // Nothing sent yet; the caller waits for our answer before sending the body.
-        Some(Unread { polled: false, .. }) if awaits_continue => false,
-        Some(Unread { body, .. }) => discard(body, limits).await,
-    };
+}
+
+/// The service of [`DrainLayer`].
+#[derive(Debug, Clone)]
+pub struct DrainUnreadBody<S> {
+    inner: S,
+    limits: DrainLimits,
+}
+
+impl<S> Service<Request> for DrainUnreadBody<S>
+where
+    S: Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Drained<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        if req.version() >= Version::HTTP_2 || req.body().is_end_stream() {
+            return Drained::Passed {
+                inner: self.inner.call(req),
+            };
+        }
+        let awaits_continue = req
+            .headers()
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        let left = Arc::new(Mutex::new(None));
+        let req = req.map(|body| {
+            Body::new(Watched {
+                inner: Some(body),
+                polled: false,
+                left: Arc::clone(&left),
+            })
+        });
+        Drained::Watched {
+            inner: self.inner.call(req),
+            left,
+            awaits_continue,
+            limits: self.limits,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`DrainUnreadBody`]. Discarding, the rare case of a
+    /// refusal ready before its body, is the only state that allocates.
+    #[project = DrainedProj]
+    pub enum Drained<F> {
+        /// No body to watch.
+        Passed { #[pin] inner: F },
+        /// The handler runs with its body watched.
+        Watched {
+            #[pin]
+            inner: F,
+            left: Arc<Mutex<Option<Unread>>>,
+            awaits_continue: bool,
+            limits: DrainLimits,
+        },
+        /// The handler answered without reading its body to the end: the rest is read
+        /// and dropped before the answer goes out.
+        Discarding {
+            discard: Pin<Box<dyn Future<Output = bool> + Send>>,
+            response: Option<Response>,
+        },
+    }
+}
+
+impl<F, E> Future for Drained<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let next = match self.as_mut().project() {
+                DrainedProj::Passed { inner } => return inner.poll(cx),
+                DrainedProj::Watched {
+                    inner,
+                    left,
+                    awaits_continue,
+                    limits,
+                } => {
+                    let response = ready!(inner.poll(cx))?;
+                    let unread = left.lock().ok().and_then(|mut slot| slot.take());
+                    match unread {
+                        // Read to its end (or still held by the response): nothing to do.
+                        None => return Poll::Ready(Ok(finish(response, true))),
+                        // Nothing sent yet; the caller waits for our answer before
+                        // sending the body.
+                        Some(Unread { polled: false, .. }) if *awaits_continue => {
+                            return Poll::Ready(Ok(finish(response, false)));
+                        }
+                        Some(Unread { body, .. }) => Drained::Discarding {
+                            discard: Box::pin(discard(body, *limits)),
+                            response: Some(response),
+                        },
+                    }
+                }
+                DrainedProj::Discarding { discard, response } => {
+                    let reusable = ready!(discard.as_mut().poll(cx));
+                    let response = response.take().unwrap_or_default();
+                    return Poll::Ready(Ok(finish(response, reusable)));
+                }
+            };
+            self.set(next);
+        }
+    }
+}
+
+/// `Connection: close` on a response after which the connection cannot be reused, and
+/// on every 413.
+fn finish(mut response: Response, reusable: bool) -> Response {
     if !reusable || response.status() == StatusCode::PAYLOAD_TOO_LARGE {
         response
             .headers_mut()
@@ -119,7 +223,7 @@ async fn discard(mut body: Body, limits: DrainLimits) -> bool {
 }
 
 /// A body the handler dropped before its end.
-struct Unread {
+pub struct Unread {
     body: Body,
     /// Whether anything asked for it (which, with `Expect: 100-continue`, told the
     /// caller to send it).

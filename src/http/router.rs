@@ -5,19 +5,19 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use tower_http::catch_panic::CatchPanicLayer;
+use tower::ServiceBuilder;
 
-use super::drain::{self, DrainLimits};
-use super::{admin, console, middleware, openapi, ops, proxy};
+use super::drain::{DrainLayer, DrainLimits};
+use super::middleware::{CatchPanicLayer, RequestIdLayer};
+use super::{admin, console, openapi, ops, proxy};
 use crate::app::App;
 use crate::error::AppError;
 
 pub fn build(app: Arc<App>) -> Router {
     let trusted = app.config.server.trusted_request_id;
     let body_limit = app.config.server.max_body_bytes;
-    Router::new()
+    let routes = Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
@@ -27,23 +27,20 @@ pub fn build(app: Arc<App>) -> Router {
         .merge(console::router(&app))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(body_limit))
-        .layer(CatchPanicLayer::custom(panic_response))
-        .layer(axum::middleware::from_fn_with_state(
-            trusted,
-            middleware::assign_request_id,
-        ))
+        .with_state(app);
+    // Wrapped around the router once, not around each route (`Router::layer`), so a
+    // request crosses one chain of concrete futures (see `middleware`).
+    let edge = ServiceBuilder::new()
         // Outermost: whatever answered, an unread body is dealt with before the response
         // goes out, so keep-alive connections survive refusals.
-        .layer(axum::middleware::from_fn_with_state(
-            DrainLimits::for_body_limit(body_limit),
-            drain::drain_unread_body,
-        ))
-        .with_state(app)
-}
-
-fn panic_response(_panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
-    AppError::internal(anyhow::anyhow!("a request handler panicked")).into_response()
+        .layer(DrainLayer {
+            limits: DrainLimits::for_body_limit(body_limit),
+        })
+        .layer(RequestIdLayer { trusted })
+        .layer(CatchPanicLayer)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .service(routes);
+    Router::new().fallback_service(edge)
 }
 
 /// 404 for every path tollgate does not serve.
