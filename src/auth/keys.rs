@@ -101,37 +101,28 @@ impl KeyResolver {
     }
 
     async fn key(&self, hash: &str) -> Result<Option<Arc<VirtualKey>>, AppError> {
-        let store = self.store.clone();
-        let owned = hash.to_string();
+        // Borrowed, not copied: only a miss runs the load.
+        let store = &self.store;
         cached(
             &self.keys,
             hash,
             self.fresh_for,
             self.stale_for,
             "key",
-            move || {
-                let store = store.clone();
-                let hash = owned.clone();
-                async move { store.key_by_hash(&hash).await }
-            },
+            || store.key_by_hash(hash),
         )
         .await
     }
 
     pub async fn team(&self, team_id: &str) -> Result<Option<Arc<Team>>, AppError> {
-        let store = self.store.clone();
-        let owned = team_id.to_string();
+        let store = &self.store;
         cached(
             &self.teams,
             team_id,
             self.fresh_for,
             self.stale_for,
             "team",
-            move || {
-                let store = store.clone();
-                let id = owned.clone();
-                async move { store.team(&id).await }
-            },
+            || store.team(team_id),
         )
         .await
     }
@@ -161,21 +152,19 @@ async fn cached<T, F, Fut>(
 ) -> Result<Option<Arc<T>>, AppError>
 where
     T: Send + Sync + 'static,
-    F: Fn() -> Fut,
+    F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<Option<T>, StoreError>> + Send,
 {
     let now = Instant::now();
     let existing = cache.get(id).await;
     if let Some(entry) = &existing {
         if now < entry.fresh_until {
-            metrics::counter!(crate::telemetry::CACHE_LOOKUPS, "cache" => kind, "result" => "hit")
-                .increment(1);
+            crate::telemetry::cache_lookup(kind, true);
             return Ok(entry.value.clone());
         }
         cache.invalidate(id).await;
     }
-    metrics::counter!(crate::telemetry::CACHE_LOOKUPS, "cache" => kind, "result" => "miss")
-        .increment(1);
+    crate::telemetry::cache_lookup(kind, false);
     // Concurrent misses for one id share a single load.
     let loaded = cache
         .try_get_with(id.to_string(), async {

@@ -20,7 +20,14 @@ pub fn mint_key() -> String {
 
 /// Hex SHA-256 of a secret: what the database stores.
 pub fn hash_secret(secret: &str) -> String {
-    hex::encode(Sha256::digest(secret.as_bytes()))
+    let mut hex = [0u8; 64];
+    // 32 bytes always fit 64 hex digits, which are always ASCII: neither step can fail.
+    if hex::encode_to_slice(Sha256::digest(secret.as_bytes()), &mut hex).is_err() {
+        return String::new();
+    }
+    std::str::from_utf8(&hex)
+        .map(str::to_owned)
+        .unwrap_or_default()
 }
 
 /// The short display form shown in lists: `sk-…a1b2`.

@@ -1,11 +1,10 @@
 //! [`Store`] on sea-orm: the same queries on SQLite and PostgreSQL.
 
-use std::collections::HashMap;
 use std::time::Duration as StdDuration;
 
 use async_trait::async_trait;
 use chrono::Utc;
-use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, ConnectOptions, ConnectionTrait, Database,
     DatabaseConnection, DatabaseTransaction, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
@@ -20,6 +19,8 @@ use super::{
     VirtualKey,
 };
 use crate::config::DatabaseConfig;
+
+mod usage;
 
 /// Opens a pool on the configured database.
 pub async fn connect(config: &DatabaseConfig) -> Result<DatabaseConnection, sea_orm::DbErr> {
@@ -731,64 +732,7 @@ impl Store for SqlStore {
         if rows.is_empty() {
             return Ok(());
         }
-        let mut by_key: HashMap<&str, f64> = HashMap::new();
-        let mut by_team: HashMap<&str, f64> = HashMap::new();
-        for row in rows {
-            if row.spend > 0.0 {
-                if let Some(k) = &row.key_id {
-                    *by_key.entry(k).or_default() += row.spend;
-                }
-                if let Some(t) = &row.team_id {
-                    *by_team.entry(t).or_default() += row.spend;
-                }
-            }
-        }
-        let txn = self.db.begin().await?;
-        for chunk in usage_chunks(rows) {
-            let models = chunk.iter().map(|r| usage_log::ActiveModel {
-                id: Set(uuid::Uuid::now_v7().to_string()),
-                request_id: Set(r.request_id.clone()),
-                key_id: Set(r.key_id.clone()),
-                team_id: Set(r.team_id.clone()),
-                user_id: Set(r.user_id.clone()),
-                model: Set(r.model.clone()),
-                route: Set(r.route.clone()),
-                prompt_tokens: Set(i64::try_from(r.prompt_tokens).unwrap_or(i64::MAX)),
-                completion_tokens: Set(i64::try_from(r.completion_tokens).unwrap_or(i64::MAX)),
-                spend: Set(r.spend),
-                status: Set(r.status.as_str().to_owned()),
-                http_status: Set(i32::from(r.http_status)),
-                started_at: Set(r.started_at),
-                duration_ms: Set(i64::try_from(r.duration_ms).unwrap_or(i64::MAX)),
-                server: Set(r.server.clone()),
-            });
-            usage_log::Entity::insert_many(models)
-                .exec_without_returning(&txn)
-                .await?;
-        }
-        // Increments in SQL, never read-modify-write: concurrent writers cannot lose updates.
-        for (key_id, amount) in by_key {
-            virtual_key::Entity::update_many()
-                .col_expr(
-                    virtual_key::Column::Spend,
-                    Expr::col(virtual_key::Column::Spend).add(amount),
-                )
-                .filter(virtual_key::Column::Id.eq(key_id))
-                .exec(&txn)
-                .await?;
-        }
-        for (team_id, amount) in by_team {
-            team::Entity::update_many()
-                .col_expr(
-                    team::Column::Spend,
-                    Expr::col(team::Column::Spend).add(amount),
-                )
-                .filter(team::Column::Id.eq(team_id))
-                .exec(&txn)
-                .await?;
-        }
-        txn.commit().await?;
-        Ok(())
+        usage::record(&self.db, rows).await
     }
 
     async fn spend_logs(&self, filter: &UsageFilter) -> StoreResult<Vec<UsageRow>> {

@@ -127,17 +127,17 @@ impl RequestStatus {
         }
     }
 
+    pub const ALL: [Self; 5] = [
+        Self::Success,
+        Self::Error,
+        Self::Timeout,
+        Self::Cancelled,
+        Self::Refused,
+    ];
+
     /// Reads a stored status; `None` for text no version of tollgate wrote.
     pub fn parse(text: &str) -> Option<Self> {
-        [
-            Self::Success,
-            Self::Error,
-            Self::Timeout,
-            Self::Cancelled,
-            Self::Refused,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == text)
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
     }
 }
 

@@ -4,7 +4,9 @@
 
 use std::io::IsTerminal;
 use std::sync::OnceLock;
+use std::time::Duration;
 
+use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
@@ -38,6 +40,92 @@ pub const RETENTION_DELETED: &str = "tollgate_retention_deleted_rows_total";
 /// Retention runs, by `outcome` (`ran`, `skipped` — another instance held the lock —
 /// or `failed`).
 pub const RETENTION_RUNS: &str = "tollgate_retention_runs_total";
+
+/// One proxied route's metric handles, each registered on its first use (so `/metrics`
+/// lists only series that happened). Recording through a handle skips the recorder's
+/// lookup that `counter!`/`histogram!` make on every call (the name and labels hashed, a
+/// map read, the labels built and dropped).
+pub struct RouteMetrics {
+    route: &'static str,
+    request_seconds: OnceLock<Histogram>,
+    upstream_seconds: OnceLock<Histogram>,
+    /// `tollgate_requests_total` by outcome (`status` label).
+    requests: Vec<(&'static str, OnceLock<Counter>)>,
+}
+
+impl RouteMetrics {
+    /// `route`'s metrics, with one `status` label value per entry of `statuses`.
+    pub fn new(route: &'static str, statuses: &[&'static str]) -> Self {
+        Self {
+            route,
+            request_seconds: OnceLock::new(),
+            upstream_seconds: OnceLock::new(),
+            requests: statuses.iter().map(|&s| (s, OnceLock::new())).collect(),
+        }
+    }
+
+    /// A request on this route ended with `status` after `took`.
+    pub fn finished(&self, status: &'static str, took: Duration) {
+        let route = self.route;
+        registered(
+            &self.request_seconds,
+            || metrics::histogram!(REQUEST_SECONDS, "route" => route),
+        )
+        .record(took.as_secs_f64());
+        if let Some((status, cell)) = self.requests.iter().find(|(s, _)| *s == status) {
+            registered(
+                cell,
+                || metrics::counter!(REQUESTS, "route" => route, "status" => *status),
+            )
+            .increment(1);
+        }
+    }
+
+    /// The upstream answered (its response head) after `took`.
+    pub fn upstream_answered(&self, took: Duration) {
+        let route = self.route;
+        registered(
+            &self.upstream_seconds,
+            || metrics::histogram!(UPSTREAM_SECONDS, "route" => route),
+        )
+        .record(took.as_secs_f64());
+    }
+}
+
+/// A handle registered on first use, once the recorder is installed (a handle taken
+/// before it would record nowhere).
+fn registered<T>(cell: &OnceLock<T>, register: impl FnOnce() -> T) -> &T {
+    cell.get_or_init(|| {
+        drop(metrics_handle());
+        register()
+    })
+}
+
+/// `tollgate_streams_in_flight`.
+pub fn streams_in_flight() -> &'static Gauge {
+    static CELL: OnceLock<Gauge> = OnceLock::new();
+    registered(&CELL, || metrics::gauge!(STREAMS_IN_FLIGHT))
+}
+
+/// `tollgate_cache_lookups_total` for the key (`"key"`) or team cache, hit or miss.
+pub fn cache_lookup(cache: &'static str, hit: bool) {
+    static CELLS: OnceLock<[Counter; 4]> = OnceLock::new();
+    let [key_hit, key_miss, team_hit, team_miss] = registered(&CELLS, || {
+        let lookup = |cache: &'static str, result: &'static str| metrics::counter!(CACHE_LOOKUPS, "cache" => cache, "result" => result);
+        [
+            lookup("key", "hit"),
+            lookup("key", "miss"),
+            lookup("team", "hit"),
+            lookup("team", "miss"),
+        ]
+    });
+    match (cache, hit) {
+        ("key", true) => key_hit.increment(1),
+        ("key", false) => key_miss.increment(1),
+        (_, true) => team_hit.increment(1),
+        (_, false) => team_miss.increment(1),
+    }
+}
 
 /// The queue's depth now (SPEC §12).
 pub fn queue_depth(depth: usize) {

@@ -438,12 +438,13 @@ impl Upstream {
 
     /// Sends the request to `server`; resolves with the response head, its body still
     /// streaming. Counts the outcome towards the server's health: a connection failure
-    /// or a 5xx other than Ollama's "server busy" is a failure.
+    /// or a 5xx other than Ollama's "server busy" is a failure. The time to the head goes
+    /// to the route's `metrics`.
     pub async fn send(
         &self,
         server: usize,
         lease: Option<&mut Lease>,
-        route: &'static str,
+        metrics: Option<&crate::telemetry::RouteMetrics>,
         request: UpstreamRequest,
     ) -> Result<UpstreamResponse, SendError> {
         let Some(base) = self.bases.get(server) else {
@@ -460,8 +461,9 @@ impl Upstream {
                 request.body,
             )
             .await;
-        metrics::histogram!(crate::telemetry::UPSTREAM_SECONDS, "route" => route)
-            .record(started.elapsed().as_secs_f64());
+        if let Some(metrics) = metrics {
+            metrics.upstream_answered(started.elapsed());
+        }
         if let Some(counter) = self.requests.get(server) {
             counter.increment(1);
         }

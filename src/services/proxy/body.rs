@@ -38,6 +38,7 @@ pub struct UsageTicket {
     pub label: Arc<str>,
     pub model: Option<String>,
     pub route: &'static str,
+    pub metrics: Option<&'static crate::telemetry::RouteMetrics>,
     pub http_status: u16,
     pub started_at: chrono::DateTime<chrono::Utc>,
     pub started: Instant,
@@ -66,10 +67,9 @@ impl UsageTicket {
         // The server's slot is free again; the next waiter may have it.
         drop(self.lease.take());
         let duration = self.started.elapsed();
-        metrics::histogram!(crate::telemetry::REQUEST_SECONDS, "route" => self.route)
-            .record(duration.as_secs_f64());
-        metrics::counter!(crate::telemetry::REQUESTS, "route" => self.route, "status" => status.as_str())
-            .increment(1);
+        if let Some(metrics) = self.metrics {
+            metrics.finished(status.as_str(), duration);
+        }
         let latency_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
         sink.events.publish(|| RequestEvent {
             time: chrono::Utc::now(),

@@ -63,6 +63,86 @@ struct Nested {
     usage: Option<UsageObject>,
 }
 
+/// A whole JSON body, read in one pass: Ollama's native counts and OpenAI-style usage,
+/// top level or under `response` / `message`.
+#[derive(Deserialize)]
+struct WholeCounts {
+    #[serde(default)]
+    prompt_eval_count: Option<u64>,
+    #[serde(default)]
+    eval_count: Option<u64>,
+    #[serde(default)]
+    load_duration: Option<u64>,
+    #[serde(default)]
+    usage: Option<UsageObject>,
+    /// An object on `/v1/responses`; the generated text (a string) on `/api/generate`.
+    #[serde(default)]
+    response: Option<UsageWithin>,
+    /// An object on `/v1/messages` and `/api/chat`.
+    #[serde(default)]
+    message: Option<UsageWithin>,
+}
+
+/// The `usage` inside a value when it is an object; any other value (a string, a number)
+/// is skipped without being copied.
+struct UsageWithin(Option<UsageObject>);
+
+impl<'de> Deserialize<'de> for UsageWithin {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Within;
+        impl<'de> serde::de::Visitor<'de> for Within {
+            type Value = UsageWithin;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut usage = None;
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    if key == "usage" {
+                        usage = map.next_value::<Option<UsageObject>>()?;
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(UsageWithin(usage))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(UsageWithin(None))
+            }
+
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(UsageWithin(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(UsageWithin(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(UsageWithin(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(UsageWithin(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(UsageWithin(None))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(UsageWithin(None))
+            }
+        }
+        deserializer.deserialize_any(Within)
+    }
+}
+
 #[derive(Deserialize)]
 struct OpenAiPayload {
     #[serde(default)]
@@ -78,6 +158,8 @@ struct OpenAiPayload {
 /// Feeds response chunks through; returns what the client should receive.
 pub struct Scanner {
     framing: Framing,
+    /// A whole body that came in one chunk (the usual case): kept as it is, not copied.
+    whole: Option<Bytes>,
     buf: BytesMut,
     pub tokens: Tokens,
     /// Set when the stream's terminal frame (`done`, `[DONE]`) was seen.
@@ -94,6 +176,7 @@ impl Scanner {
     pub fn new(framing: Framing) -> Self {
         Self {
             framing,
+            whole: None,
             buf: BytesMut::new(),
             tokens: Tokens::default(),
             saw_end: false,
@@ -106,9 +189,7 @@ impl Scanner {
         match self.framing {
             Framing::Opaque => chunk,
             Framing::Whole => {
-                if self.buf.len() + chunk.len() <= MAX_WHOLE_BODY {
-                    self.buf.extend_from_slice(&chunk);
-                }
+                self.keep_whole(&chunk);
                 chunk
             }
             Framing::Lines => {
@@ -133,8 +214,13 @@ impl Scanner {
         match self.framing {
             Framing::Opaque => Bytes::new(),
             Framing::Whole => {
-                let body = std::mem::take(&mut self.buf);
-                self.read_payload(&body);
+                match self.whole.take() {
+                    Some(body) => self.read_payload(&body),
+                    None => {
+                        let body = std::mem::take(&mut self.buf);
+                        self.read_payload(&body);
+                    }
+                }
                 self.saw_end = true;
                 Bytes::new()
             }
@@ -151,6 +237,21 @@ impl Scanner {
                     Bytes::new()
                 }
             }
+        }
+    }
+
+    /// Keeps a whole body's chunk for [`Scanner::finish`]: the first by reference, and
+    /// only a body of several chunks copied into one buffer (up to [`MAX_WHOLE_BODY`]).
+    fn keep_whole(&mut self, chunk: &Bytes) {
+        if self.whole.is_none() && self.buf.is_empty() {
+            self.whole = Some(chunk.clone());
+            return;
+        }
+        if let Some(first) = self.whole.take() {
+            self.buf.extend_from_slice(&first);
+        }
+        if self.buf.len() + chunk.len() <= MAX_WHOLE_BODY {
+            self.buf.extend_from_slice(chunk);
         }
     }
 
@@ -235,19 +336,28 @@ impl Scanner {
     }
 
     fn read_payload(&mut self, body: &[u8]) {
-        if let Ok(payload) = serde_json::from_slice::<OpenAiPayload>(body) {
-            self.apply_payload(&payload);
+        let Ok(counts) = serde_json::from_slice::<WholeCounts>(body) else {
+            return;
+        };
+        for usage in [
+            counts.usage.as_ref(),
+            counts.response.as_ref().and_then(|r| r.0.as_ref()),
+            counts.message.as_ref().and_then(|m| m.0.as_ref()),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            self.apply_usage(usage);
         }
-        if let Ok(counts) = serde_json::from_slice::<NativeCounts>(body) {
-            if let Some(p) = counts.prompt_eval_count {
-                self.tokens.prompt = p;
-            }
-            if let Some(c) = counts.eval_count {
-                self.tokens.completion = c;
-            }
-            if counts.load_duration.is_some() {
-                self.load_duration_ns = counts.load_duration;
-            }
+        // Ollama's own counts, where the body has them, are the ones recorded.
+        if let Some(p) = counts.prompt_eval_count {
+            self.tokens.prompt = p;
+        }
+        if let Some(c) = counts.eval_count {
+            self.tokens.completion = c;
+        }
+        if counts.load_duration.is_some() {
+            self.load_duration_ns = counts.load_duration;
         }
     }
 
@@ -455,5 +565,53 @@ mod tests {
                 completion: 0
             }
         );
+    }
+
+    /// One pass reads every shape a whole body comes in: `/api/generate`'s text in
+    /// `response` (a string, whose quoted `usage` counts for nothing), `/api/chat`'s
+    /// `message`, `/v1/responses`' usage under `response`, `/v1/messages`' at the top.
+    #[test]
+    fn whole_bodies_of_every_route_are_read_in_one_pass() {
+        let read = |chunks: &[&str]| {
+            let mut s = Scanner::new(Framing::Whole);
+            let out = feed_all(&mut s, chunks);
+            assert_eq!(out, chunks.concat(), "the body passes unchanged");
+            (s.tokens, s.load_duration_ns)
+        };
+        let tokens = |prompt, completion| Tokens { prompt, completion };
+        assert_eq!(
+            read(&[
+                r#"{"model":"m","response":"say \"usage\":{\"prompt_tokens\":99}","done":true,"load_duration":7,"prompt_eval_count":3,"eval_count":4}"#
+            ]),
+            (tokens(3, 4), Some(7))
+        );
+        assert_eq!(
+            read(&[
+                r#"{"model":"m","message":{"role":"assistant","content":"hi","#,
+                r#""images":null},"done":true,"prompt_eval_count":5,"eval_count":6}"#
+            ]),
+            (tokens(5, 6), None)
+        );
+        assert_eq!(
+            read(&[
+                r#"{"id":"r","response":{"status":"completed","usage":{"input_tokens":8,"output_tokens":9}}}"#
+            ]),
+            (tokens(8, 9), None)
+        );
+        assert_eq!(
+            read(&[
+                r#"{"type":"message","content":[{"type":"text"}],"usage":{"input_tokens":10,"output_tokens":11}}"#
+            ]),
+            (tokens(10, 11), None)
+        );
+        // Ollama's own counts win over a usage object in the same body.
+        assert_eq!(
+            read(&[
+                r#"{"usage":{"prompt_tokens":1,"completion_tokens":1},"prompt_eval_count":2,"eval_count":3}"#
+            ]),
+            (tokens(2, 3), None)
+        );
+        // A body that is not JSON counts nothing and still passes.
+        assert_eq!(read(&["not json", " at all"]), (tokens(0, 0), None));
     }
 }

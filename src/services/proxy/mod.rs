@@ -54,7 +54,7 @@ pub struct InFlightGuard(InFlight);
 impl InFlight {
     pub fn enter(&self) -> InFlightGuard {
         self.0.0.fetch_add(1, Ordering::SeqCst);
-        metrics::gauge!(crate::telemetry::STREAMS_IN_FLIGHT).increment(1.0);
+        crate::telemetry::streams_in_flight().increment(1.0);
         InFlightGuard(self.clone())
     }
 
@@ -76,7 +76,7 @@ impl InFlight {
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        metrics::gauge!(crate::telemetry::STREAMS_IN_FLIGHT).decrement(1.0);
+        crate::telemetry::streams_in_flight().decrement(1.0);
         if self.0.0.0.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.0.0.1.notify_waiters();
         }
@@ -323,6 +323,7 @@ impl Proxy {
             label: caller.label.clone(),
             model,
             route: spec.path,
+            metrics: spec.metrics(),
             http_status: 0,
             started_at,
             started,
@@ -442,7 +443,7 @@ impl Proxy {
                 };
             }
             Target::Server(server) => {
-                let answer = upstream.send(*server, None, spec.path, request).await;
+                let answer = upstream.send(*server, None, spec.metrics(), request).await;
                 return Ok(Delivered::from(answer, upstream.server_name(*server), None));
             }
             Target::Listing(model) | Target::Slot(model) => model,
@@ -467,7 +468,7 @@ impl Proxy {
                     let Some(outgoing) = attempt(&mut request, tried.len(), upstream) else {
                         return Err(AppError::UpstreamError);
                     };
-                    let answer = upstream.send(server, None, spec.path, outgoing).await;
+                    let answer = upstream.send(server, None, spec.metrics(), outgoing).await;
                     if let Err(SendError::Undelivered(e)) = &answer {
                         tracing::warn!(error = %e, "upstream not reached; trying another server");
                         tried.push(server);
@@ -494,7 +495,7 @@ impl Proxy {
                 return Err(AppError::UpstreamError);
             };
             let answer = upstream
-                .send(server, Some(lease_ref), spec.path, outgoing)
+                .send(server, Some(lease_ref), spec.metrics(), outgoing)
                 .await;
             match answer {
                 Err(SendError::Undelivered(e)) => {

@@ -1,7 +1,12 @@
 //! The proxied route table (SPEC §4.1): exactly these paths reach Ollama; anything else is
 //! a 404 from the router's fallback.
 
+use std::sync::OnceLock;
+
 use axum::routing::MethodFilter;
+
+use crate::store::RequestStatus;
+use crate::telemetry::RouteMetrics;
 
 /// How a route's request and response are treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +39,22 @@ pub struct RouteSpec {
     pub kind: Kind,
     /// Needs the master key or an admin identity (when `upstream.admin_routes_require_admin`).
     pub admin_only: bool,
+}
+
+impl RouteSpec {
+    /// This route's metric handles.
+    pub fn metrics(&'static self) -> Option<&'static RouteMetrics> {
+        static TABLE: OnceLock<Box<[RouteMetrics]>> = OnceLock::new();
+        let table = TABLE.get_or_init(|| {
+            let statuses = RequestStatus::ALL.map(RequestStatus::as_str);
+            ROUTES
+                .iter()
+                .map(|route| RouteMetrics::new(route.path, &statuses))
+                .collect()
+        });
+        let index = ROUTES.iter().position(|route| std::ptr::eq(route, self))?;
+        table.get(index)
+    }
 }
 
 const fn spec(
