@@ -45,10 +45,7 @@ fn main() -> ExitCode {
         }
     };
     let _log_guard = tollgate::telemetry::init_logging(&config.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tollgate::server::runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tollgate: cannot start the runtime: {e}");

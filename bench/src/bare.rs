@@ -1,6 +1,6 @@
 //! The floor of tollgate's stack: a bare proxy on the same libraries tollgate's hop runs
 //! on — hyper's HTTP/1 server, hyper-util's pooled client, tokio with one worker on the
-//! gateway CPU — that forwards every request to the upstream and its response back, and
+//! gateway CPU, on the runtime `tollgate serve` would choose — that forwards every request to the upstream and its response back, and
 //! does nothing else (no auth, no limits, no routing table, no usage, no log line).
 //!
 //! Scenario h compares tollgate with it in the same run: what nginx does better than the
@@ -19,9 +19,7 @@ use hyper::{Request, Response};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::runtime::Runtime;
-
-use crate::gateway::runtime;
+use crate::gateway::GatewayRuntime;
 use crate::system::Placement;
 
 type Hop = Client<HttpConnector, Full<Bytes>>;
@@ -29,7 +27,7 @@ type Hop = Client<HttpConnector, Full<Bytes>>;
 /// The bare proxy, serving on its own runtime until dropped.
 pub struct BareProxy {
     pub url: String,
-    runtime: Runtime,
+    runtime: GatewayRuntime,
 }
 
 impl BareProxy {
@@ -40,7 +38,7 @@ impl BareProxy {
             .trim_end_matches('/')
             .parse()
             .context("the bare proxy's upstream is not host:port")?;
-        let runtime = runtime("bare-proxy", &placement.gateway, placement.gateway.len())?;
+        let runtime = GatewayRuntime::start("bare-proxy", &placement.gateway)?;
         let url = runtime.block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let url = format!("http://{}", listener.local_addr()?);
@@ -56,7 +54,7 @@ impl BareProxy {
     }
 
     pub fn stop(self) {
-        self.runtime.shutdown_timeout(Duration::from_secs(1));
+        drop(self.runtime);
     }
 }
 

@@ -35,6 +35,67 @@ pub fn runtime(name: &str, cpus: &[usize], workers: usize) -> anyhow::Result<Run
         .with_context(|| format!("cannot build the {name} runtime"))
 }
 
+/// The runtime a gateway under test runs on: `tollgate serve`'s choice
+/// ([`tollgate::server::runtime`]) made on a thread pinned to `cpus` — on one CPU a
+/// single-threaded runtime, which that thread drives until [`GatewayRuntime::stop`].
+/// Work is handed to it through [`GatewayRuntime::block_on`] and `tokio::spawn` inside.
+pub struct GatewayRuntime {
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    driver: Option<std::thread::JoinHandle<()>>,
+}
+
+impl GatewayRuntime {
+    pub fn start(name: &str, cpus: &[usize]) -> anyhow::Result<Self> {
+        let pin = cpus.to_vec();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let driver = std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || {
+                // Threads the runtime starts inherit this thread's mask.
+                pin_current_thread(&pin);
+                let runtime = match tollgate::server::runtime() {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(runtime.handle().clone()));
+                runtime.block_on(async move {
+                    let _ = stop_rx.await;
+                });
+                runtime.shutdown_timeout(Duration::from_secs(1));
+            })?;
+        let handle = ready_rx
+            .recv()
+            .context("the runtime thread ended")?
+            .with_context(|| format!("cannot build the {name} runtime"))?;
+        Ok(Self {
+            handle,
+            stop: Some(stop_tx),
+            driver: Some(driver),
+        })
+    }
+
+    /// Runs `future` to completion on this thread, its tasks and I/O on the runtime.
+    pub fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.handle.block_on(future)
+    }
+}
+
+impl Drop for GatewayRuntime {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(driver) = self.driver.take() {
+            let _ = driver.join();
+        }
+    }
+}
+
 /// tollgate's defaults, adjusted: loopback on a free port, SQLite in `dir`, the bench's
 /// master key, `upstream` as Ollama, a short shutdown grace.
 pub fn base_config(dir: &Path, upstream: &str) -> Config {
@@ -95,7 +156,7 @@ pub fn limited_key_request() -> serde_json::Value {
 /// one worker per CPU (what `tollgate serve` does on a machine of that size).
 pub struct InProcessTollgate {
     pub url: String,
-    runtime: Runtime,
+    runtime: GatewayRuntime,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     app: Arc<tollgate::app::App>,
@@ -113,7 +174,7 @@ impl InProcessTollgate {
             .tempdir()?;
         let mut config = base_config(dir.path(), upstream);
         adjust(&mut config);
-        let runtime = runtime("tollgate", &placement.gateway, placement.gateway.len())?;
+        let runtime = GatewayRuntime::start("tollgate", &placement.gateway)?;
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (app, url, server) = runtime.block_on(async move {
             let app = tollgate::app::App::build(config).await?;
@@ -264,10 +325,8 @@ fn wait_or_kill(child: &mut Child, grace: Duration) {
 pub fn serve_tollgate(config_path: &Path) -> anyhow::Result<()> {
     let config = tollgate::config::load(Some(config_path))?;
     let _log_guard = tollgate::telemetry::init_logging(&config.log);
-    // Like `tollgate serve`: one worker per CPU of the (inherited) affinity mask.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    // `tollgate serve`'s runtime: its choice reads the (inherited) affinity mask.
+    let runtime = tollgate::server::runtime()?;
     runtime.block_on(async move {
         let listen = config.server.listen.clone();
         let app = tollgate::app::App::build(config).await?;

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Where a proxied request's time goes, sampled by `perf record` (cpu-clock: the kernel's
+# share included) while wrk drives tollgate flat out, placed like the benchmark: tollgate
+# on the last CPU, the nginx stub upstream and wrk on the others.
+#
+#   bench/scripts/perf.sh BENCH_BINARY [SECONDS] [REPORT_OUT]
+#
+# Callgrind's counts (instructions.sh) say what runs, not what it costs: glibc copies
+# blocks of a few KiB with `rep movsb`, which valgrind counts once per byte, and the
+# kernel's side of every socket call is not counted at all. This prints wrk's req/s, the
+# gateway CPU's busy share, and perf's flat profile (self time, kernel included), its
+# top 60 lines, or the whole report into REPORT_OUT (and the samples into REPORT_OUT.data). Needs `perf`, `wrk`, `nginx`
+# (Debian: linux-perf wrk nginx-light).
+set -euo pipefail
+bin=$(readlink -f "$1")
+secs=${2:-10}
+report_out=${3:-}
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+last=$(($(nproc) - 1))
+others="0-$((last > 0 ? last - 1 : 0))"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+stub_port=$(free_port)
+body='{"model":"llama3.1:8b","created_at":"2026-12-01T00:00:00Z","message":{"role":"assistant","content":"Hello! How can I help you today?"},"done_reason":"stop","done":true,"total_duration":1000000,"load_duration":10000,"prompt_eval_count":12,"prompt_eval_duration":100000,"eval_count":9,"eval_duration":800000}'
+mkdir -p "$work/nginx"
+cat >"$work/nginx/nginx.conf" <<CONF
+worker_processes 1;
+error_log $work/nginx/error.log warn;
+pid $work/nginx/nginx.pid;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    client_body_temp_path $work/nginx/cb; proxy_temp_path $work/nginx/p;
+    fastcgi_temp_path $work/nginx/f; uwsgi_temp_path $work/nginx/u; scgi_temp_path $work/nginx/s;
+    server { listen 127.0.0.1:$stub_port; location / { default_type application/json; return 200 '$body'; } }
+}
+CONF
+nginx=$(command -v nginx || echo /usr/sbin/nginx)
+taskset -c "$others" "$nginx" -p "$work/nginx" -c "$work/nginx/nginx.conf" -g 'daemon off;' &
+cat >"$work/tollgate.yaml" <<CONF
+server: { listen: "127.0.0.1:0", master_key: "sk-bench-master-key-0123456789", shutdown_grace_s: 2 }
+database: { url: "sqlite://$work/tollgate.db?mode=rwc" }
+upstream: { url: "http://127.0.0.1:$stub_port", parallel: 1000000, max_loaded_models: 1000 }
+log: { level: info }
+CONF
+mkfifo "$work/stdin"
+taskset -c "$last" "$bin" serve-tollgate --config "$work/tollgate.yaml" <"$work/stdin" >"$work/stdout" 2>"$work/stderr" &
+exec 3>"$work/stdin"
+for _ in $(seq 1 100); do
+    url=$(sed -n 's/^listening //p' "$work/stdout" 2>/dev/null || true)
+    [ -n "$url" ] && break
+    sleep 0.2
+done
+[ -n "$url" ] || { cat "$work/stderr" >&2; echo "tollgate did not start" >&2; exit 1; }
+pid=$(pgrep -f "serve-tollgate --config $work/tollgate.yaml" | head -1)
+key=$(curl -sf "$url/key/generate" -H 'authorization: Bearer sk-bench-master-key-0123456789' \
+    -H 'content-type: application/json' \
+    -d '{"key_alias":"bench","rpm_limit":1000000000,"tpm_limit":1000000000000}' |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
+cat >"$work/chat.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '{"model":"llama3.1:8b","messages":[{"role":"user","content":"Say hello in one short sentence."}],"stream":false}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer $key"
+LUA
+taskset -c "$others" wrk -t1 -c32 -d3s -s "$work/chat.lua" "$url/api/chat" >/dev/null
+busy() { awk -v c="cpu$last" '$1 == c { print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6 }' /proc/stat; }
+read -r b0 i0 < <(busy)
+perf record -q -F 2999 -g -p "$pid" -o "$work/perf.data" -- sleep "$secs" 2>/dev/null &
+perf_pid=$!
+out=$(taskset -c "$others" wrk -t1 -c32 -d"${secs}s" -s "$work/chat.lua" "$url/api/chat")
+wait "$perf_pid" || true
+read -r b1 i1 < <(busy)
+echo "binary: $bin"
+echo "$out" | grep -E 'Requests/sec|Non-2xx|requests in'
+awk -v b=$((b1 - b0)) -v i=$((i1 - i0)) 'BEGIN { printf "gateway CPU busy: %.0f %%\n", 100 * b / (b + i) }'
+report=$(perf report -i "$work/perf.data" --no-children --sort symbol --stdio 2>/dev/null | grep -v '^$')
+if [ -n "$report_out" ]; then
+    echo "$report" >"$report_out"
+    cp "$work/perf.data" "$report_out.data"
+    echo "report: $report_out (perf data: $report_out.data, for perf report -i … -g caller)"
+else
+    echo "$report" | grep -E '^ +[0-9.]+%' | head -60
+fi
+exec 3>&-
