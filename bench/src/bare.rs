@@ -9,6 +9,8 @@
 
 use std::time::Duration;
 
+use crate::gateway::GatewayRuntime;
+use crate::system::Placement;
 use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -19,8 +21,6 @@ use hyper::{Request, Response};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use crate::gateway::GatewayRuntime;
-use crate::system::Placement;
 
 type Hop = Client<HttpConnector, Full<Bytes>>;
 

@@ -474,7 +474,8 @@ fn init_inprocess_logging(
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
         let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
             .lossy(false)
-            .finish(file);
+            // Buffered and flushed per burst, as `tollgate::telemetry::init_logging` does.
+            .finish(std::io::BufWriter::with_capacity(64 * 1024, file));
         let _ = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_ansi(false)

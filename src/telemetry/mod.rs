@@ -151,7 +151,12 @@ pub fn init_logging(config: &LogConfig) -> tracing_appender::non_blocking::Worke
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         // Under a flood, wait rather than silently drop log lines.
         .lossy(false)
-        .finish(std::io::stderr());
+        // The log thread writes what has queued, then flushes: a burst of lines is one
+        // write(2), not one per line.
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
     // Colour codes only for a person at a terminal: in a file or a log pipeline they are
     // noise (and formatting them costs every request line).
     let builder = tracing_subscriber::fmt()

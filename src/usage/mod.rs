@@ -1,14 +1,17 @@
 //! `SpendRecorder`: usage rows and spend, written off the hot path in batches.
 //!
 //! Proxied requests hand their finished [`UsageRow`] to an unbounded channel (never
-//! blocking, never dropping); one background task writes batches at least every 50 ms
-//! and on shutdown. A failed write keeps its rows and retries, so no admitted request goes
-//! unrecorded while the database is briefly away.
+//! blocking, never dropping); one background task takes what is queued every 50 ms (and
+//! at once on a flush or shutdown) and writes it as one batch. A failed write keeps its
+//! rows and retries, so no admitted request goes unrecorded while the database is
+//! briefly away.
 //!
-//! The same task writes each request's `proxied` log line. A request finishes just before
-//! its last bytes go to the client; formatting the line there (and waking the log writer
-//! thread) would sit on the client's latency, while this task runs only after the
-//! response has been flushed.
+//! The same task writes each request's `proxied` log line, in the same beat. A request
+//! finishes just before its last bytes go to the client; formatting the line there would
+//! sit on the client's latency, and a row that woke this task (and a line that woke the
+//! log thread) would cost every request a wake-up of each: on one CPU, two context
+//! switches. A line is therefore written up to 50 ms after its request ended, with the
+//! request's own timing in its fields.
 
 mod budget;
 pub mod feed;
@@ -29,7 +32,6 @@ use crate::tasks::TaskSpawner;
 /// Small, frequent batches: a large batch is a burst of database work that delays the
 /// requests arriving meanwhile (the benchmark's p99 fell by about a third from 250 ms).
 const FLUSH_EVERY: Duration = Duration::from_millis(50);
-const MAX_BATCH: usize = 1_000;
 /// Rows kept while the database is down before the oldest are logged and dropped.
 const MAX_PENDING: usize = 200_000;
 
@@ -58,8 +60,8 @@ impl Finished {
     }
 }
 
-enum Command {
-    Row(Box<Finished>),
+/// What the writer is asked besides rows.
+enum Control {
     Flush(oneshot::Sender<()>),
     /// Write what is queued, then stop.
     Stop(oneshot::Sender<()>),
@@ -68,23 +70,27 @@ enum Command {
 /// Handle to the background writer. Cheap to clone.
 #[derive(Clone)]
 pub struct SpendRecorder {
-    tx: mpsc::UnboundedSender<Command>,
+    /// Rows wait here until the writer's next beat: a row never wakes the writer, so a
+    /// request costs no task wake-up and no log-thread wake-up of its own.
+    rows: mpsc::UnboundedSender<Box<Finished>>,
+    control: mpsc::UnboundedSender<Control>,
 }
 
 impl SpendRecorder {
     /// Starts the writer; it runs until [`SpendRecorder::shutdown`] (not at the
     /// background tasks' stop signal: rows queued by the last streams must still land).
     pub fn start(store: Arc<dyn Store>, tasks: &TaskSpawner) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
-        tasks.spawn(run(store, rx));
-        Self { tx }
+        let (rows, rows_rx) = mpsc::unbounded_channel();
+        let (control, control_rx) = mpsc::unbounded_channel();
+        tasks.spawn(run(store, rows_rx, control_rx));
+        Self { rows, control }
     }
 
     /// Queues one finished request (its row, and its log line under `label`). Never
     /// blocks.
     pub fn record(&self, row: UsageRow, label: Arc<str>) {
         let finished = Box::new(Finished { row, label });
-        if self.tx.send(Command::Row(finished)).is_err() {
+        if self.rows.send(finished).is_err() {
             tracing::error!("usage recorder stopped; a usage row was lost");
         }
     }
@@ -92,85 +98,63 @@ impl SpendRecorder {
     /// Writes everything queued so far; resolves once it is in the database (or the
     /// attempt failed and the rows were kept for retry).
     pub async fn flush(&self) {
-        let (ack, done) = oneshot::channel();
-        if self.tx.send(Command::Flush(ack)).is_ok() {
-            let _ = done.await;
-        }
+        self.ask(Control::Flush).await;
     }
 
     /// Writes everything queued and stops the writer (shutdown).
     pub async fn shutdown(&self) {
+        self.ask(Control::Stop).await;
+    }
+
+    async fn ask(&self, control: fn(oneshot::Sender<()>) -> Control) {
         let (ack, done) = oneshot::channel();
-        if self.tx.send(Command::Stop(ack)).is_ok() {
+        if self.control.send(control(ack)).is_ok() {
             let _ = done.await;
         }
     }
 }
 
-async fn run(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Command>) {
+/// Every [`FLUSH_EVERY`], and at once when asked, takes the queued rows, writes their log
+/// lines (one burst for the log thread) and their batch.
+async fn run(
+    store: Arc<dyn Store>,
+    mut rows: mpsc::UnboundedReceiver<Box<Finished>>,
+    mut control: mpsc::UnboundedReceiver<Control>,
+) {
     let mut pending: Vec<UsageRow> = Vec::new();
     let mut ticker = tokio::time::interval(FLUSH_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            command = rx.recv() => match command {
-                Some(Command::Row(finished)) => {
-                    finished.log();
-                    pending.push(finished.row);
-                    if pending.len() >= MAX_BATCH {
-                        write(&*store, &mut pending).await;
+            asked = control.recv() => {
+                // A row recorded before the request was sent is in the queue by now.
+                take_queued(&mut rows, &mut pending);
+                write(&*store, &mut pending).await;
+                match asked {
+                    Some(Control::Flush(ack)) => {
+                        let _ = ack.send(());
                     }
-                }
-                Some(Command::Flush(ack)) => {
-                    let stop = drain_queued(&mut rx, &mut pending);
-                    write(&*store, &mut pending).await;
-                    let _ = ack.send(());
-                    if let Some(ack) = stop {
+                    Some(Control::Stop(ack)) => {
                         let _ = ack.send(());
                         return;
                     }
+                    None => return,
                 }
-                Some(Command::Stop(ack)) => {
-                    drain_queued(&mut rx, &mut pending);
-                    write(&*store, &mut pending).await;
-                    let _ = ack.send(());
-                    return;
-                }
-                None => {
-                    write(&*store, &mut pending).await;
-                    return;
-                }
-            },
+            }
             _ = ticker.tick() => {
-                if !pending.is_empty() {
-                    write(&*store, &mut pending).await;
-                }
+                take_queued(&mut rows, &mut pending);
+                write(&*store, &mut pending).await;
             }
         }
     }
 }
 
-/// Takes the rows already queued (a flush covers everything recorded before it).
-/// Returns the acknowledgement of a stop request found among them.
-fn drain_queued(
-    rx: &mut mpsc::UnboundedReceiver<Command>,
-    pending: &mut Vec<UsageRow>,
-) -> Option<oneshot::Sender<()>> {
-    let mut stop = None;
-    while let Ok(command) = rx.try_recv() {
-        match command {
-            Command::Row(finished) => {
-                finished.log();
-                pending.push(finished.row);
-            }
-            // A later flush is covered by this one's write.
-            Command::Flush(ack) => {
-                let _ = ack.send(());
-            }
-            Command::Stop(ack) => stop = Some(ack),
-        }
+/// Moves the queued rows to `pending`, writing each one's log line.
+fn take_queued(rows: &mut mpsc::UnboundedReceiver<Box<Finished>>, pending: &mut Vec<UsageRow>) {
+    while let Ok(finished) = rows.try_recv() {
+        finished.log();
+        pending.push(finished.row);
     }
-    stop
 }
 
 async fn write(store: &dyn Store, pending: &mut Vec<UsageRow>) {
