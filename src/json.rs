@@ -8,7 +8,13 @@
 use crate::error::AppError;
 
 /// Parses JSON, naming the field at fault.
+///
+/// A body that parses is read once, untracked; only a failure is read again with the
+/// path tracked (which allocates for every field it passes) to name the field.
 pub fn parse_json<'de, T: serde::Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, AppError> {
+    if let Ok(value) = serde_json::from_slice(bytes) {
+        return Ok(value);
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(describe_json_error)?;
     de.end()

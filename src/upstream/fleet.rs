@@ -28,6 +28,25 @@ pub fn canonical_model(model: &str) -> String {
     }
 }
 
+/// Applies `change` to the value under `model`, starting from `new()` if absent. Unlike
+/// `entry(model.to_string())`, the name is copied only when it is new: every request
+/// passes here.
+fn update<V>(
+    map: &mut HashMap<String, V>,
+    model: &str,
+    new: impl FnOnce() -> V,
+    change: impl FnOnce(&mut V),
+) {
+    match map.get_mut(model) {
+        Some(value) => change(value),
+        None => {
+            let mut value = new();
+            change(&mut value);
+            map.insert(model.to_owned(), value);
+        }
+    }
+}
+
 /// A server's routing state, as `/upstream/status` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -156,8 +175,8 @@ impl Server {
     }
 
     fn used(&mut self, model: &str) {
-        self.last_used
-            .insert(model.to_string(), tokio::time::Instant::now());
+        let now = tokio::time::Instant::now();
+        update(&mut self.last_used, model, || now, |at| *at = now);
     }
 
     /// Marks `model` most recently used, loading it (and evicting the least recently
@@ -547,23 +566,24 @@ impl Fleet {
                 s.used(model);
             }
         }
-        let times = state
-            .times
-            .entry(model.to_string())
-            .or_insert(DEFAULT_TIMES);
         let held_ms = u64::try_from(held.as_millis()).unwrap_or(u64::MAX);
-        match loaded_in {
-            Some(load) => {
-                let load_ms = u64::try_from(load.as_millis()).unwrap_or(u64::MAX);
-                times.load_ms = if times.load_ms == DEFAULT_TIMES.load_ms {
-                    load_ms
-                } else {
-                    ewma(times.load_ms, load_ms)
-                };
-                times.service_ms = ewma(times.service_ms, held_ms.saturating_sub(load_ms));
-            }
-            None => times.service_ms = ewma(times.service_ms, held_ms),
-        }
+        update(
+            &mut state.times,
+            model,
+            || DEFAULT_TIMES,
+            |times| match loaded_in {
+                Some(load) => {
+                    let load_ms = u64::try_from(load.as_millis()).unwrap_or(u64::MAX);
+                    times.load_ms = if times.load_ms == DEFAULT_TIMES.load_ms {
+                        load_ms
+                    } else {
+                        ewma(times.load_ms, load_ms)
+                    };
+                    times.service_ms = ewma(times.service_ms, held_ms.saturating_sub(load_ms));
+                }
+                None => times.service_ms = ewma(times.service_ms, held_ms),
+            },
+        );
         if hand_on {
             self.dispatch(&mut state);
         }
@@ -811,7 +831,7 @@ enum Decision {
 impl State {
     fn claim(&mut self, server: usize, model: &str) -> Claim {
         let s = &mut self.servers[server];
-        *s.in_flight.entry(model.to_string()).or_insert(0) += 1;
+        update(&mut s.in_flight, model, || 0, |n| *n += 1);
         let loads = s.touch(model);
         s.used(model);
         Claim { server, loads }

@@ -83,6 +83,35 @@ struct WholeCounts {
     message: Option<UsageWithin>,
 }
 
+/// An object's key as [`UsageWithin`] reads it: `usage` or another, never copied.
+#[derive(PartialEq, Eq)]
+enum Key {
+    Usage,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl serde::de::Visitor<'_> for KeyVisitor {
+            type Value = Key;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object key")
+            }
+
+            fn visit_str<E>(self, key: &str) -> Result<Key, E> {
+                Ok(if key == "usage" {
+                    Key::Usage
+                } else {
+                    Key::Other
+                })
+            }
+        }
+        deserializer.deserialize_identifier(KeyVisitor)
+    }
+}
+
 /// The `usage` inside a value when it is an object; any other value (a string, a number)
 /// is skipped without being copied.
 struct UsageWithin(Option<UsageObject>);
@@ -102,8 +131,8 @@ impl<'de> Deserialize<'de> for UsageWithin {
                 mut map: A,
             ) -> Result<Self::Value, A::Error> {
                 let mut usage = None;
-                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                    if key == "usage" {
+                while let Some(key) = map.next_key::<Key>()? {
+                    if key == Key::Usage {
                         usage = map.next_value::<Option<UsageObject>>()?;
                     } else {
                         map.next_value::<IgnoredAny>()?;
