@@ -10,7 +10,8 @@
 # kernel's side of every socket call is not counted at all. This prints wrk's req/s, the
 # gateway CPU's busy share, and perf's flat profile (self time, kernel included), its
 # top 60 lines, or the whole report into REPORT_OUT (and the samples into REPORT_OUT.data). Needs `perf`, `wrk`, `nginx`
-# (Debian: linux-perf wrk nginx-light).
+# (Debian: linux-perf wrk nginx-light). With TOLLGATE_BENCH_REDIS set, tollgate uses that Redis
+# (limits and slots shared, as in the benchmark's scenario d).
 set -euo pipefail
 bin=$(readlink -f "$1")
 secs=${2:-10}
@@ -43,6 +44,9 @@ database: { url: "sqlite://$work/tollgate.db?mode=rwc" }
 upstream: { url: "http://127.0.0.1:$stub_port", parallel: 1000000, max_loaded_models: 1000 }
 log: { level: info }
 CONF
+if [ -n "${TOLLGATE_BENCH_REDIS:-}" ]; then
+    echo "redis: { url: \"$TOLLGATE_BENCH_REDIS\", key_prefix: \"perf$$:\" }" >>"$work/tollgate.yaml"
+fi
 mkfifo "$work/stdin"
 taskset -c "$last" "$bin" serve-tollgate --config "$work/tollgate.yaml" <"$work/stdin" >"$work/stdout" 2>"$work/stderr" &
 exec 3>"$work/stdin"

@@ -45,10 +45,13 @@ pub struct ResolvedKey {
     pub team: Option<Arc<Team>>,
 }
 
+/// Every request looks its key up: foldhash, seeded per process, not SipHash.
+type Hasher = foldhash::fast::RandomState;
+
 pub struct KeyResolver {
     store: Arc<dyn Store>,
-    keys: Cache<String, Entry<VirtualKey>>,
-    teams: Cache<String, Entry<Team>>,
+    keys: Cache<String, Entry<VirtualKey>, Hasher>,
+    teams: Cache<String, Entry<Team>, Hasher>,
     fresh_for: Duration,
     stale_for: Duration,
 }
@@ -61,11 +64,11 @@ impl KeyResolver {
             keys: Cache::builder()
                 .max_capacity(200_000)
                 .time_to_live(keep.max(Duration::from_millis(1)))
-                .build(),
+                .build_with_hasher(Hasher::default()),
             teams: Cache::builder()
                 .max_capacity(50_000)
                 .time_to_live(keep.max(Duration::from_millis(1)))
-                .build(),
+                .build_with_hasher(Hasher::default()),
             fresh_for: ttl,
             stale_for: keep,
         }
@@ -143,7 +146,7 @@ impl KeyResolver {
 }
 
 async fn cached<T, F, Fut>(
-    cache: &Cache<String, Entry<T>>,
+    cache: &Cache<String, Entry<T>, Hasher>,
     id: &str,
     fresh_for: Duration,
     stale_for: Duration,

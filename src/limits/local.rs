@@ -1,7 +1,10 @@
 //! [`LocalLimiter`]: the in-process implementation (single instance, or Redis down in
 //! `failure_mode: open`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+// Every admission reads and updates the map: foldhash, seeded per process, not SipHash.
+use foldhash::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 

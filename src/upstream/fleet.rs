@@ -8,7 +8,10 @@
 //! ended, or the request was abandoned) frees the slot and hands it to the next waiter
 //! chosen fairly: the tenant served least recently, first come first served within one.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
+
+// Every request reads and updates these maps: foldhash, seeded per process, not SipHash.
+use foldhash::{HashMap, HashMapExt};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
