@@ -31,7 +31,8 @@
 //!   a light tenant beside a flooding one (see [`fleet`]).
 //!
 //! Placement (2-core machines): with two or more usable CPUs the gateway under test —
-//! tollgate's runtime (one worker per CPU it owns), the tollgate child process, or the
+//! tollgate's runtime (`tollgate serve`'s choice for the CPUs it owns: single-threaded on
+//! one), the bare hyper proxy, the tollgate child process, or the
 //! nginx worker — is pinned to the last CPU, and the load generator, the mock Ollama and
 //! the bench itself to the others, each on its own runtime. The direct baseline therefore
 //! runs generator + mock on the same CPUs as in the proxied run, and the gateway gets a
