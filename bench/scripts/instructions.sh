@@ -17,50 +17,14 @@ secs=${2:-20}
 profile_out=${3:-}
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-stub_port=$(free_port)
-body='{"model":"llama3.1:8b","created_at":"2026-12-01T00:00:00Z","message":{"role":"assistant","content":"Hello! How can I help you today?"},"done_reason":"stop","done":true,"total_duration":1000000,"load_duration":10000,"prompt_eval_count":12,"prompt_eval_duration":100000,"eval_count":9,"eval_duration":800000}'
-mkdir -p "$work/nginx"
-cat >"$work/nginx/nginx.conf" <<CONF
-worker_processes 1;
-error_log $work/nginx/error.log warn;
-pid $work/nginx/nginx.pid;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    client_body_temp_path $work/nginx/cb; proxy_temp_path $work/nginx/p;
-    fastcgi_temp_path $work/nginx/f; uwsgi_temp_path $work/nginx/u; scgi_temp_path $work/nginx/s;
-    server { listen 127.0.0.1:$stub_port; location / { default_type application/json; return 200 '$body'; } }
-}
-CONF
-nginx=$(command -v nginx || echo /usr/sbin/nginx)
-"$nginx" -p "$work/nginx" -c "$work/nginx/nginx.conf" -g 'daemon off;' &
-cat >"$work/tollgate.yaml" <<CONF
-server: { listen: "127.0.0.1:0", master_key: "sk-bench-master-key-0123456789", shutdown_grace_s: 2 }
-database: { url: "sqlite://$work/tollgate.db?mode=rwc" }
-upstream: { url: "http://127.0.0.1:$stub_port", parallel: 1000000, max_loaded_models: 1000 }
-log: { level: info }
-CONF
+. "$(dirname "$0")/stub-env.sh"
+start_stub
 mkfifo "$work/stdin"
 valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" --dump-instr=no \
     "$bin" serve-tollgate --config "$work/tollgate.yaml" <"$work/stdin" >"$work/stdout" 2>"$work/valgrind.log" &
 exec 3>"$work/stdin"
-for _ in $(seq 1 600); do
-    url=$(sed -n 's/^listening //p' "$work/stdout" 2>/dev/null || true)
-    [ -n "$url" ] && break
-    sleep 0.5
-done
-[ -n "$url" ] || { cat "$work/valgrind.log" >&2; echo "tollgate did not start" >&2; exit 1; }
-key=$(curl -sf "$url/key/generate" -H 'authorization: Bearer sk-bench-master-key-0123456789' \
-    -H 'content-type: application/json' \
-    -d '{"key_alias":"bench","rpm_limit":1000000000,"tpm_limit":1000000000000}' |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
-cat >"$work/chat.lua" <<LUA
-wrk.method = "POST"
-wrk.body = '{"model":"llama3.1:8b","messages":[{"role":"user","content":"Say hello in one short sentence."}],"stream":false}'
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer $key"
-LUA
+await_listening "$work/valgrind.log"
+make_key
 wrk -t1 -c1 -d5s -s "$work/chat.lua" "$url/api/chat" >/dev/null
 callgrind_control -z >/dev/null
 out=$(wrk -t1 -c4 -d"${secs}s" -s "$work/chat.lua" "$url/api/chat")

@@ -33,19 +33,6 @@ pub struct Tokens {
 }
 
 #[derive(Deserialize)]
-struct NativeCounts {
-    #[serde(default)]
-    prompt_eval_count: Option<u64>,
-    #[serde(default)]
-    eval_count: Option<u64>,
-    /// Nanoseconds Ollama spent loading the model for this request (final frame).
-    #[serde(default)]
-    load_duration: Option<u64>,
-    #[serde(default)]
-    usage: Option<UsageObject>,
-}
-
-#[derive(Deserialize)]
 struct UsageObject {
     #[serde(default)]
     prompt_tokens: Option<u64>,
@@ -63,14 +50,15 @@ struct Nested {
     usage: Option<UsageObject>,
 }
 
-/// A whole JSON body, read in one pass: Ollama's native counts and OpenAI-style usage,
-/// top level or under `response` / `message`.
+/// One JSON document — an NDJSON frame or a whole body — read in one pass: Ollama's
+/// native counts and OpenAI-style usage, top level or under `response` / `message`.
 #[derive(Deserialize)]
-struct WholeCounts {
+struct Counts {
     #[serde(default)]
     prompt_eval_count: Option<u64>,
     #[serde(default)]
     eval_count: Option<u64>,
+    /// Nanoseconds Ollama spent loading the model for this request (final frame).
     #[serde(default)]
     load_duration: Option<u64>,
     #[serde(default)]
@@ -305,20 +293,9 @@ impl Scanner {
         if memmem::find(line, b"eval_count").is_none() && memmem::find(line, b"usage").is_none() {
             return;
         }
-        if let Ok(counts) = serde_json::from_slice::<NativeCounts>(line) {
+        if let Ok(counts) = serde_json::from_slice::<Counts>(line) {
             self.saw_end = true;
-            if let Some(p) = counts.prompt_eval_count {
-                self.tokens.prompt = p;
-            }
-            if let Some(c) = counts.eval_count {
-                self.tokens.completion = c;
-            }
-            if counts.load_duration.is_some() {
-                self.load_duration_ns = counts.load_duration;
-            }
-            if let Some(u) = counts.usage {
-                self.apply_usage(&u);
-            }
+            self.apply_counts(&counts);
         }
     }
 
@@ -365,9 +342,12 @@ impl Scanner {
     }
 
     fn read_payload(&mut self, body: &[u8]) {
-        let Ok(counts) = serde_json::from_slice::<WholeCounts>(body) else {
-            return;
-        };
+        if let Ok(counts) = serde_json::from_slice::<Counts>(body) {
+            self.apply_counts(&counts);
+        }
+    }
+
+    fn apply_counts(&mut self, counts: &Counts) {
         for usage in [
             counts.usage.as_ref(),
             counts.response.as_ref().and_then(|r| r.0.as_ref()),
@@ -378,7 +358,7 @@ impl Scanner {
         {
             self.apply_usage(usage);
         }
-        // Ollama's own counts, where the body has them, are the ones recorded.
+        // Ollama's own counts, where the document has them, are the ones recorded.
         if let Some(p) = counts.prompt_eval_count {
             self.tokens.prompt = p;
         }
