@@ -186,7 +186,7 @@ impl App {
             }),
             config.redis.failure_mode,
         ));
-        let spend = SpendRecorder::start(store.clone(), &spawner, config.log.format);
+        let spend = SpendRecorder::start(store.clone(), &spawner);
         let events = EventFeed::default();
         let in_flight = InFlight::default();
         let cancel = CancellationToken::new();

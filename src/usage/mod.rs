@@ -26,9 +26,6 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use std::fmt::Write as _;
-
-use crate::config::LogFormat;
 use crate::store::{Store, UsageRow};
 use crate::tasks::TaskSpawner;
 
@@ -46,55 +43,20 @@ struct Finished {
 }
 
 impl Finished {
-    /// The request's `proxied` line. As text, its fields are formatted here in one pass
-    /// into `buf` (reused across lines) and go out as the event's message, in the layout
-    /// tracing's text format gives fields (`name=value`, strings quoted): formatted field
-    /// by field by the subscriber, the line cost a tenth of a request's instructions. As
-    /// JSON the fields stay fields.
-    fn log(&self, format: LogFormat, buf: &mut String) {
+    fn log(&self) {
         let row = &self.row;
-        match format {
-            LogFormat::Json => tracing::info!(
-                request_id = %row.request_id,
-                key = %self.label,
-                model = row.model.as_deref().unwrap_or(""),
-                route = %row.route,
-                status = %row.status,
-                http_status = row.http_status,
-                prompt_tokens = row.prompt_tokens,
-                completion_tokens = row.completion_tokens,
-                latency_ms = row.duration_ms,
-                "proxied"
-            ),
-            LogFormat::Text => {
-                buf.clear();
-                self.text_fields(buf);
-                tracing::info!("proxied {buf}");
-            }
-        }
-    }
-
-    fn text_fields(&self, out: &mut String) {
-        let row = &self.row;
-        let mut n = itoa::Buffer::new();
-        out.push_str("request_id=");
-        out.push_str(&row.request_id);
-        out.push_str(" key=");
-        out.push_str(&self.label);
-        // `{:?}` quotes and escapes the name as tracing's text format does a `&str` field.
-        let _ = write!(out, " model={:?}", row.model.as_deref().unwrap_or(""));
-        out.push_str(" route=");
-        out.push_str(&row.route);
-        out.push_str(" status=");
-        out.push_str(row.status.as_str());
-        out.push_str(" http_status=");
-        out.push_str(n.format(row.http_status));
-        out.push_str(" prompt_tokens=");
-        out.push_str(n.format(row.prompt_tokens));
-        out.push_str(" completion_tokens=");
-        out.push_str(n.format(row.completion_tokens));
-        out.push_str(" latency_ms=");
-        out.push_str(n.format(row.duration_ms));
+        tracing::info!(
+            request_id = %row.request_id,
+            key = %self.label,
+            model = row.model.as_deref().unwrap_or(""),
+            route = %row.route,
+            status = %row.status,
+            http_status = row.http_status,
+            prompt_tokens = row.prompt_tokens,
+            completion_tokens = row.completion_tokens,
+            latency_ms = row.duration_ms,
+            "proxied"
+        );
     }
 }
 
@@ -117,11 +79,10 @@ pub struct SpendRecorder {
 impl SpendRecorder {
     /// Starts the writer; it runs until [`SpendRecorder::shutdown`] (not at the
     /// background tasks' stop signal: rows queued by the last streams must still land).
-    /// `log_format` is `log.format`: how the request lines are written.
-    pub fn start(store: Arc<dyn Store>, tasks: &TaskSpawner, log_format: LogFormat) -> Self {
+    pub fn start(store: Arc<dyn Store>, tasks: &TaskSpawner) -> Self {
         let (rows, rows_rx) = mpsc::unbounded_channel();
         let (control, control_rx) = mpsc::unbounded_channel();
-        tasks.spawn(run(store, rows_rx, control_rx, log_format));
+        tasks.spawn(run(store, rows_rx, control_rx));
         Self { rows, control }
     }
 
@@ -159,17 +120,15 @@ async fn run(
     store: Arc<dyn Store>,
     mut rows: mpsc::UnboundedReceiver<Box<Finished>>,
     mut control: mpsc::UnboundedReceiver<Control>,
-    log_format: LogFormat,
 ) {
     let mut pending: Vec<UsageRow> = Vec::new();
-    let mut line = String::new();
     let mut ticker = tokio::time::interval(FLUSH_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             asked = control.recv() => {
                 // A row recorded before the request was sent is in the queue by now.
-                take_queued(&mut rows, &mut pending, log_format, &mut line);
+                take_queued(&mut rows, &mut pending);
                 write(&*store, &mut pending).await;
                 match asked {
                     Some(Control::Flush(ack)) => {
@@ -183,7 +142,7 @@ async fn run(
                 }
             }
             _ = ticker.tick() => {
-                take_queued(&mut rows, &mut pending, log_format, &mut line);
+                take_queued(&mut rows, &mut pending);
                 write(&*store, &mut pending).await;
             }
         }
@@ -191,14 +150,9 @@ async fn run(
 }
 
 /// Moves the queued rows to `pending`, writing each one's log line.
-fn take_queued(
-    rows: &mut mpsc::UnboundedReceiver<Box<Finished>>,
-    pending: &mut Vec<UsageRow>,
-    log_format: LogFormat,
-    line: &mut String,
-) {
+fn take_queued(rows: &mut mpsc::UnboundedReceiver<Box<Finished>>, pending: &mut Vec<UsageRow>) {
     while let Ok(finished) = rows.try_recv() {
-        finished.log(log_format, line);
+        finished.log();
         pending.push(finished.row);
     }
 }
@@ -256,7 +210,7 @@ mod tests {
             .times(1)
             .returning(|_| Ok(()));
         let tasks = crate::tasks::BackgroundTasks::new();
-        let recorder = SpendRecorder::start(Arc::new(store), &tasks.spawner(), LogFormat::Text);
+        let recorder = SpendRecorder::start(Arc::new(store), &tasks.spawner());
         for n in 0..3 {
             recorder.record(row(n), Arc::from("k"));
         }
@@ -285,67 +239,12 @@ mod tests {
             .in_sequence(&mut seq)
             .returning(|_| Ok(()));
         let tasks = crate::tasks::BackgroundTasks::new();
-        let recorder = SpendRecorder::start(Arc::new(store), &tasks.spawner(), LogFormat::Text);
+        let recorder = SpendRecorder::start(Arc::new(store), &tasks.spawner());
         recorder.record(row(1), Arc::from("k"));
         recorder.record(row(2), Arc::from("k"));
         recorder.flush().await;
         recorder.flush().await;
         recorder.shutdown().await;
         assert!(tasks.shutdown(std::time::Duration::from_secs(5)).await);
-    }
-
-    /// The text line written in one pass reads exactly as tracing's text format writes
-    /// the same fields one by one (timestamps left out of both).
-    #[test]
-    fn the_text_line_is_the_structured_line() {
-        #[derive(Clone, Default)]
-        struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
-        impl std::io::Write for Captured {
-            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().expect("lock").extend_from_slice(bytes);
-                Ok(bytes.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let render = |format: LogFormat, finished: &Finished| {
-            let out = Captured::default();
-            let writer = out.clone();
-            let subscriber = tracing_subscriber::fmt()
-                .with_ansi(false)
-                .without_time()
-                .with_writer(move || writer.clone())
-                .finish();
-            let mut buf = String::new();
-            tracing::subscriber::with_default(subscriber, || {
-                // JSON's branch is the structured event: rendered as text here, it is
-                // the layout the one-pass line must match.
-                finished.log(format, &mut buf);
-            });
-            let bytes = out.0.lock().expect("lock").clone();
-            String::from_utf8(bytes).expect("utf8")
-        };
-        for model in [
-            Some("llama3.1:8b".to_string()),
-            Some("odd \"name\"".into()),
-            None,
-        ] {
-            let mut r = row(7);
-            r.model = model;
-            r.request_id = "req-1".into();
-            r.status = crate::store::RequestStatus::Cancelled;
-            r.http_status = 499;
-            let finished = Finished {
-                row: r,
-                label: Arc::from("sk-…a1b2"),
-            };
-            let text = render(LogFormat::Text, &finished);
-            assert!(
-                text.contains("proxied request_id=req-1 key=sk-…a1b2 model="),
-                "{text}"
-            );
-            assert_eq!(text, render(LogFormat::Json, &finished));
-        }
     }
 }
