@@ -16,8 +16,11 @@ use crate::app::App;
 /// bookkeeping (work-stealing queues, cross-thread wake-ups) buys nothing; the benchmark
 /// measured the single-threaded one at about 15 % more requests per CPU-second.
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    if cpus == 1 {
+    runtime_for(std::thread::available_parallelism().map_or(1, std::num::NonZero::get))
+}
+
+fn runtime_for(cpus: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if cpus <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -94,5 +97,24 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = terminate => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::runtime::RuntimeFlavor;
+
+    use super::runtime_for;
+
+    #[test]
+    fn one_cpu_gets_the_single_threaded_runtime() {
+        let flavor = |cpus| {
+            runtime_for(cpus)
+                .expect("runtime")
+                .handle()
+                .runtime_flavor()
+        };
+        assert_eq!(flavor(1), RuntimeFlavor::CurrentThread);
+        assert_eq!(flavor(2), RuntimeFlavor::MultiThread);
     }
 }

@@ -16,6 +16,7 @@ use moka::future::Cache;
 
 use crate::error::AppError;
 use crate::store::{Store, StoreError, Team, VirtualKey};
+use crate::telemetry::CacheKind;
 
 struct Entry<T> {
     value: Option<Arc<T>>,
@@ -111,7 +112,7 @@ impl KeyResolver {
             hash,
             self.fresh_for,
             self.stale_for,
-            "key",
+            CacheKind::Key,
             || store.key_by_hash(hash),
         )
         .await
@@ -124,7 +125,7 @@ impl KeyResolver {
             team_id,
             self.fresh_for,
             self.stale_for,
-            "team",
+            CacheKind::Team,
             || store.team(team_id),
         )
         .await
@@ -150,7 +151,7 @@ async fn cached<T, F, Fut>(
     id: &str,
     fresh_for: Duration,
     stale_for: Duration,
-    kind: &'static str,
+    kind: CacheKind,
     load: F,
 ) -> Result<Option<Arc<T>>, AppError>
 where
@@ -184,7 +185,10 @@ where
         Ok(entry) => Ok(entry.value),
         Err(err) => match (&*err, existing) {
             (StoreError::Unavailable(_), Some(stale)) if now < stale.stale_until => {
-                tracing::warn!(kind, "database unavailable; serving a cached entry");
+                tracing::warn!(
+                    kind = kind.as_str(),
+                    "database unavailable; serving a cached entry"
+                );
                 let value = stale.value.clone();
                 cache
                     .insert(

@@ -107,24 +107,34 @@ pub fn streams_in_flight() -> &'static Gauge {
     registered(&CELL, || metrics::gauge!(STREAMS_IN_FLIGHT))
 }
 
-/// `tollgate_cache_lookups_total` for the key (`"key"`) or team cache, hit or miss.
-pub fn cache_lookup(cache: &'static str, hit: bool) {
-    static CELLS: OnceLock<[Counter; 4]> = OnceLock::new();
-    let [key_hit, key_miss, team_hit, team_miss] = registered(&CELLS, || {
-        let lookup = |cache: &'static str, result: &'static str| metrics::counter!(CACHE_LOOKUPS, "cache" => cache, "result" => result);
-        [
-            lookup("key", "hit"),
-            lookup("key", "miss"),
-            lookup("team", "hit"),
-            lookup("team", "miss"),
-        ]
-    });
-    match (cache, hit) {
-        ("key", true) => key_hit.increment(1),
-        ("key", false) => key_miss.increment(1),
-        (_, true) => team_hit.increment(1),
-        (_, false) => team_miss.increment(1),
+/// Which of the credential caches a lookup was in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheKind {
+    Key,
+    Team,
+}
+
+impl CacheKind {
+    /// The `cache` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Key => "key",
+            Self::Team => "team",
+        }
     }
+}
+
+/// `tollgate_cache_lookups_total` for one cache, hit or miss.
+pub fn cache_lookup(cache: CacheKind, hit: bool) {
+    static CELLS: OnceLock<[[Counter; 2]; 2]> = OnceLock::new();
+    let cells = registered(&CELLS, || {
+        [CacheKind::Key, CacheKind::Team].map(|cache| {
+            ["hit", "miss"].map(|result| {
+                metrics::counter!(CACHE_LOOKUPS, "cache" => cache.as_str(), "result" => result)
+            })
+        })
+    });
+    cells[cache as usize][usize::from(!hit)].increment(1);
 }
 
 /// The queue's depth now (SPEC §12).

@@ -247,4 +247,36 @@ mod tests {
         recorder.shutdown().await;
         assert!(tasks.shutdown(std::time::Duration::from_secs(5)).await);
     }
+
+    /// A recorded row waits for the writer's beat (it wakes nothing), then is written in
+    /// that beat without a flush. Tokio's paused clock, not sleeps.
+    #[tokio::test(start_paused = true)]
+    async fn rows_leave_on_the_beat_not_on_arrival() {
+        let written = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = written.clone();
+        let mut store = MockStore::new();
+        store.expect_record_usage().returning(move |rows| {
+            counted.fetch_add(rows.len(), std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        });
+        let tasks = crate::tasks::BackgroundTasks::new();
+        let recorder = SpendRecorder::start(Arc::new(store), &tasks.spawner());
+        // The first beat fires at once: let it pass with nothing queued.
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        recorder.record(row(1), Arc::from("k"));
+        tokio::time::sleep(FLUSH_EVERY / 2).await;
+        assert_eq!(
+            written.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "not yet"
+        );
+        tokio::time::sleep(FLUSH_EVERY).await;
+        assert_eq!(
+            written.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "on the beat"
+        );
+        recorder.shutdown().await;
+        assert!(tasks.shutdown(std::time::Duration::from_secs(5)).await);
+    }
 }

@@ -1314,3 +1314,52 @@ async fn chat_with_opt(app: &TestApp, bearer: Option<&str>) -> reqwest::Response
     app.post_json("/api/chat", bearer, &chat_once("llama3.1:8b"))
         .await
 }
+
+/// `/metrics` counts proxied requests by route and outcome, with their duration and
+/// their upstream time, and the key cache's hits — through handles registered once
+/// (metrics are process-wide and other tests add to them, so only growth is asserted).
+#[tokio::test]
+async fn proxied_requests_are_counted_by_route_and_outcome() {
+    let app = TestApp::spawn().await;
+    let k = plain_key(&app).await;
+    // Each series and how much three requests add to it at least: the new key's first
+    // lookup misses the cache, the next two hit it.
+    let series = [
+        (
+            r#"tollgate_requests_total{route="/api/embed",status="success"}"#,
+            3.0,
+        ),
+        (
+            r#"tollgate_request_duration_seconds_count{route="/api/embed"}"#,
+            3.0,
+        ),
+        (
+            r#"tollgate_upstream_duration_seconds_count{route="/api/embed"}"#,
+            3.0,
+        ),
+        (
+            r#"tollgate_cache_lookups_total{cache="key",result="miss"}"#,
+            1.0,
+        ),
+        (
+            r#"tollgate_cache_lookups_total{cache="key",result="hit"}"#,
+            2.0,
+        ),
+    ];
+    let mut before = Vec::new();
+    for (s, _) in series {
+        before.push(app.metric(s).await);
+    }
+    let body = json!({"model": "nomic-embed-text", "input": ["a"]});
+    for _ in 0..3 {
+        let resp = app.post_json("/api/embed", Some(&k.key), &body).await;
+        assert_eq!(resp.status(), 200);
+        resp.bytes().await.expect("body");
+    }
+    app.app.spend.flush().await;
+    for ((s, added), was) in series.iter().zip(before) {
+        let now = app.metric(s).await;
+        assert!(now >= was + added, "{s}: {was} -> {now}");
+    }
+    app.shutdown().await;
+}

@@ -44,14 +44,9 @@ struct UsageObject {
     output_tokens: Option<u64>,
 }
 
-#[derive(Deserialize)]
-struct Nested {
-    #[serde(default)]
-    usage: Option<UsageObject>,
-}
-
-/// One JSON document — an NDJSON frame or a whole body — read in one pass: Ollama's
-/// native counts and OpenAI-style usage, top level or under `response` / `message`.
+/// One JSON document — an NDJSON frame, an SSE event's data or a whole body — read in
+/// one pass: Ollama's native counts and OpenAI-style usage, top level or under
+/// `response` / `message`.
 #[derive(Deserialize)]
 struct Counts {
     #[serde(default)]
@@ -69,6 +64,9 @@ struct Counts {
     /// An object on `/v1/messages` and `/api/chat`.
     #[serde(default)]
     message: Option<UsageWithin>,
+    /// Empty in the usage-only chunk of a streamed OpenAI completion.
+    #[serde(default)]
+    choices: Option<Vec<IgnoredAny>>,
 }
 
 /// An object's key as [`UsageWithin`] reads it: `usage` or another, never copied.
@@ -158,18 +156,6 @@ impl<'de> Deserialize<'de> for UsageWithin {
         }
         deserializer.deserialize_any(Within)
     }
-}
-
-#[derive(Deserialize)]
-struct OpenAiPayload {
-    #[serde(default)]
-    usage: Option<UsageObject>,
-    #[serde(default)]
-    response: Option<Nested>,
-    #[serde(default)]
-    message: Option<Nested>,
-    #[serde(default)]
-    choices: Option<Vec<IgnoredAny>>,
 }
 
 /// Feeds response chunks through; returns what the client should receive.
@@ -329,10 +315,10 @@ impl Scanner {
             if memmem::find(data, b"usage").is_none() {
                 continue;
             }
-            if let Ok(payload) = serde_json::from_slice::<OpenAiPayload>(data) {
-                let usage_only = payload.usage.is_some()
-                    && payload.choices.as_ref().is_some_and(|c| c.is_empty());
-                self.apply_payload(&payload);
+            if let Ok(counts) = serde_json::from_slice::<Counts>(data) {
+                let usage_only =
+                    counts.usage.is_some() && counts.choices.as_ref().is_some_and(|c| c.is_empty());
+                self.apply_counts(&counts);
                 if usage_only {
                     keep = false;
                 }
@@ -367,19 +353,6 @@ impl Scanner {
         }
         if counts.load_duration.is_some() {
             self.load_duration_ns = counts.load_duration;
-        }
-    }
-
-    fn apply_payload(&mut self, payload: &OpenAiPayload) {
-        for usage in [
-            payload.usage.as_ref(),
-            payload.response.as_ref().and_then(|r| r.usage.as_ref()),
-            payload.message.as_ref().and_then(|m| m.usage.as_ref()),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            self.apply_usage(usage);
         }
     }
 

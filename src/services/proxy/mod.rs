@@ -435,6 +435,7 @@ impl Proxy {
         request: UpstreamRequest,
     ) -> Result<Delivered, AppError> {
         let upstream = &*self.upstream;
+        let metrics = spec.metrics();
         let model = match target {
             Target::Merged(kind) => {
                 return match upstream.merged_list(spec.path, *kind).await {
@@ -443,7 +444,7 @@ impl Proxy {
                 };
             }
             Target::Server(server) => {
-                let answer = upstream.send(*server, None, spec.metrics(), request).await;
+                let answer = upstream.send(*server, None, metrics, request).await;
                 return Ok(Delivered::from(answer, upstream.server_name(*server), None));
             }
             Target::Listing(model) | Target::Slot(model) => model,
@@ -468,7 +469,7 @@ impl Proxy {
                     let Some(outgoing) = attempt(&mut request, tried.len(), upstream) else {
                         return Err(AppError::UpstreamError);
                     };
-                    let answer = upstream.send(server, None, spec.metrics(), outgoing).await;
+                    let answer = upstream.send(server, None, metrics, outgoing).await;
                     if let Err(SendError::Undelivered(e)) = &answer {
                         tracing::warn!(error = %e, "upstream not reached; trying another server");
                         tried.push(server);
@@ -495,7 +496,7 @@ impl Proxy {
                 return Err(AppError::UpstreamError);
             };
             let answer = upstream
-                .send(server, Some(lease_ref), spec.metrics(), outgoing)
+                .send(server, Some(lease_ref), metrics, outgoing)
                 .await;
             match answer {
                 Err(SendError::Undelivered(e)) => {

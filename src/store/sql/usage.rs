@@ -55,13 +55,17 @@ fn insert_for(postgres: bool, rows: usize) -> &'static str {
         .map_or("", String::as_str)
 }
 
-fn spend_sql(postgres: bool, table: &str) -> String {
-    if postgres {
-        format!("UPDATE {table} SET spend = spend + $1 WHERE id = $2")
-    } else {
-        format!("UPDATE {table} SET spend = spend + ? WHERE id = ?")
-    }
-}
+/// The spend increment of one key (`virtual_keys`) or team (`teams`), per backend.
+const SPEND_SQL: [[&str; 2]; 2] = [
+    [
+        "UPDATE virtual_keys SET spend = spend + ? WHERE id = ?",
+        "UPDATE teams SET spend = spend + ? WHERE id = ?",
+    ],
+    [
+        "UPDATE virtual_keys SET spend = spend + $1 WHERE id = $2",
+        "UPDATE teams SET spend = spend + $1 WHERE id = $2",
+    ],
+];
 
 /// As sea-orm classifies them: the pool or the connection gone is "unavailable".
 fn db_error(e: sqlx::Error) -> StoreError {
@@ -169,13 +173,10 @@ where
         query.execute(&mut *txn).await.map_err(db_error)?;
     }
     // Increments in SQL, never read-modify-write: concurrent writers cannot lose updates.
-    for (table, amounts) in [("virtual_keys", by_key), ("teams", by_team)] {
-        if amounts.is_empty() {
-            continue;
-        }
-        let sql = spend_sql(postgres, table);
+    let [keys_sql, teams_sql] = SPEND_SQL[usize::from(postgres)];
+    for (sql, amounts) in [(keys_sql, by_key), (teams_sql, by_team)] {
         for (id, amount) in amounts {
-            sqlx::query::<DB>(sqlx::AssertSqlSafe(sql.as_str()))
+            sqlx::query::<DB>(sql)
                 .bind(*amount)
                 .bind(*id)
                 .execute(&mut *txn)
